@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both set up .venv and build the extension).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+export MAX_JOBS ?= 2
+
+SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+
+.PHONY: demo test bench build clean
+
+# A torch that is already importable (system site packages) is used as is; otherwise the pinned CPU build.
+$(VENV)/.deps: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH)
+	$(PIP) install numpy pytest ninja pybind11 "setuptools>=64" wheel tqdm matplotlib "laspy>=2.4" lazrs
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PIP) install --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
+
+demo: build
+	$(PY) examples/minimal.py
+
+test: build
+	$(PY) -m pytest -q
+
+bench: build
+	$(PY) benchmarks/bench_conv.py
+
+clean:
+	rm -rf build *.egg-info sparseconv/_C*.so $(VENV)/.built

@@ -1,0 +1,307 @@
+"""Optional peer libraries for side-by-side measurements (never a dependency of sparseconv itself).
+
+spconv 2.3.8 (``pip install spconv==2.3.8``, the CPU wheel; it pulls cumm, pccm, ccimport, fire and does not
+pull torch) runs on torch 2.x CPU once two things are patched by :func:`load_spconv`: (1) its backward and
+hash code ask ``torch.cuda.current_stream()`` unconditionally, which fails on a CPU-only torch:
+``get_current_stream`` returns 0 (the "no stream" value spconv's CPU kernels expect) when CUDA is absent; (2)
+its CPU scatter-add has a data race that gives wrong, run-to-run different results with more than one OpenMP
+thread (see below): it runs serially.
+
+Layouts: spconv's weight is [Cout, k0, k1, k2, Cin] (KRSC), sparseconv's is [k0, k1, k2, Cin, Cout]; both
+compute a cross-correlation (like torch.nn.Conv3d, no kernel flip). spconv's indices are int32 [N, 4] =
+(batch, c0, c1, c2), the same as sparseconv's coords (batch, x, y, z), with spatial_shape (X, Y, Z).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Optional, Sequence
+
+import torch
+
+_SPCONV = None
+_SPCONV_TRIED = False
+_SPCONV_ERROR: Optional[str] = None
+
+
+def _cpu_stream() -> int:
+    return 0
+
+
+def load_spconv():
+    """The ``spconv.pytorch`` module (patched for CPU-only torch), or None when spconv is not importable.
+
+    The reason of a failed import is kept in :func:`spconv_error`.
+    """
+    global _SPCONV, _SPCONV_TRIED, _SPCONV_ERROR
+    if _SPCONV_TRIED:
+        return _SPCONV
+    _SPCONV_TRIED = True
+    try:
+        spconv_pytorch = importlib.import_module("spconv.pytorch")
+    except Exception as e:  # ImportError, or a broken binary (OSError, RuntimeError, ...)
+        _SPCONV_ERROR = f"{type(e).__name__}: {e}"
+        return None
+    if not torch.cuda.is_available():
+        # `ops` and `hash` did `from spconv.pytorch.cppcore import get_current_stream`: patch every copy.
+        for name in ("cppcore", "ops", "hash", "functional"):
+            try:
+                mod = importlib.import_module(f"spconv.pytorch.{name}")
+            except Exception:
+                continue
+            if hasattr(mod, "get_current_stream"):
+                mod.get_current_stream = _cpu_stream
+    _patch_scatter_race()
+    _SPCONV = spconv_pytorch
+    return _SPCONV
+
+
+# ------------------------------------------------------------------------------------------------------------
+# spconv 2.3.8's CPU scatter-add races. GatherCPU::scatter_add (spconv/csrc/sparse/gather.py) declares its row
+# pointers `buf` and `out_ptr` outside the OpenMP-parallel tv::kernel_1d lambda and assigns them inside it, so
+# with more than one OpenMP thread the threads overwrite each other's pointers and rows are added to the wrong
+# outputs: forward and input-gradient results then differ from run to run (with one thread they are exact).
+#
+# Which OpenMP runtime runs it: spconv's wheel bundles its own libgomp (spconv.libs/libgomp-*.so), but torch
+# has already put its libgomp in the global symbol scope, so spconv's GOMP_parallel/omp_* calls bind to
+# torch's runtime (check with LD_DEBUG=bindings): torch.set_num_threads(n) sets spconv's thread count too. The
+# patch runs scatter_add_cpu with the runtime(s) it may use set to one thread (its gather stays parallel) and
+# restores the count afterwards; if no runtime can be reached through ctypes it falls back to torch's
+# index_add_.
+# ------------------------------------------------------------------------------------------------------------
+
+_OMP_LIBS: list = []  # ctypes handles of the OpenMP runtimes spconv's calls may bind to
+
+
+def _find_omp_runtimes() -> list:
+    import ctypes
+    import glob
+    import os
+
+    libs, seen = [], set()
+
+    def add(lib):
+        try:
+            fn = lib.omp_set_num_threads
+            get = lib.omp_get_max_threads
+        except AttributeError:
+            return
+        addr = ctypes.cast(fn, ctypes.c_void_p).value
+        if addr in seen:
+            return
+        seen.add(addr)
+        fn.argtypes = [ctypes.c_int]
+        get.restype = ctypes.c_int
+        libs.append(lib)
+
+    # 1) global scope first: that is where the dynamic linker resolves spconv's calls.
+    add(ctypes.CDLL(None))
+    # 2) spconv's bundled copy (used only when no runtime is global, e.g. spconv imported before torch's).
+    import spconv
+
+    root = os.path.dirname(os.path.dirname(spconv.__file__))
+    for path in sorted(glob.glob(os.path.join(root, "spconv.libs", "libgomp*.so*"))):
+        try:
+            add(ctypes.CDLL(path))
+        except OSError:
+            pass
+    return libs
+
+
+class _SerialScatterOps:
+    """Stands in for spconv's SpconvOps class inside spconv.pytorch.ops; only scatter_add_cpu changes."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def scatter_add_cpu(self, out, inp, inds):
+        if _OMP_LIBS:
+            saved = [lib.omp_get_max_threads() for lib in _OMP_LIBS]
+            for lib in _OMP_LIBS:
+                lib.omp_set_num_threads(1)
+            try:
+                return self._real.scatter_add_cpu(out, inp, inds)
+            finally:
+                for lib, n in zip(_OMP_LIBS, saved):
+                    lib.omp_set_num_threads(n)
+        o = torch.from_numpy(out.numpy_view())
+        i = torch.from_numpy(inds.numpy_view()).long()
+        src = torch.from_numpy(inp.numpy_view())[: i.shape[0]]
+        o.index_add_(0, i, src)
+
+
+def _patch_scatter_race():
+    global _OMP_LIBS
+    ops = importlib.import_module("spconv.pytorch.ops")
+    if isinstance(ops.SpconvOps, _SerialScatterOps):
+        return
+    _OMP_LIBS = _find_omp_runtimes()
+    ops.SpconvOps = _SerialScatterOps(ops.SpconvOps)
+
+
+def spconv_error() -> Optional[str]:
+    """Why :func:`load_spconv` returned None (None when it did not, or was not called)."""
+    return _SPCONV_ERROR
+
+
+def spconv_version() -> Optional[str]:
+    if load_spconv() is None:
+        return None
+    import spconv
+
+    return getattr(spconv, "__version__", "unknown")
+
+
+def weight_to_spconv(weight: torch.Tensor, spconv_weight_shape: Sequence[int]) -> torch.Tensor:
+    """Our weight [k0, k1, k2, Cin, Cout] in the layout a spconv module declares (``module.weight.shape``)."""
+    k0, k1, k2, cin, cout = weight.shape
+    shape = tuple(spconv_weight_shape)
+    if shape == (cout, k0, k1, k2, cin):  # KRSC, spconv >= 2.2 default
+        w = weight.permute(4, 0, 1, 2, 3)
+    elif shape == (k0, k1, k2, cin, cout):  # RSCK
+        w = weight
+    elif shape == (k0, k1, k2, cout, cin):  # RSKC
+        w = weight.permute(0, 1, 2, 4, 3)
+    else:
+        raise ValueError(f"weight: cannot map shape {tuple(weight.shape)} onto spconv's layout {shape}")
+    return w.contiguous()
+
+
+class SpconvSubM:
+    """spconv SubMConv3d with our weights, for timing and comparing.
+
+    Args:
+        weight: [k0, k1, k2, Cin, Cout] (sparseconv layout).
+        bias: [Cout] or None.
+        dilation: int.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor] = None,
+        dilation: int = 1,
+        indice_key: str = "subm0",
+    ):
+        spconv = load_spconv()
+        if spconv is None:
+            raise RuntimeError(f"spconv is not importable: {spconv_error()}")
+        self.spconv = spconv
+        k0, k1, k2, cin, cout = weight.shape
+        self.indice_key = indice_key
+        self.conv = spconv.SubMConv3d(
+            cin, cout, (k0, k1, k2), dilation=dilation, bias=bias is not None, indice_key=indice_key
+        )
+        with torch.no_grad():
+            self.conv.weight.copy_(weight_to_spconv(weight.detach(), self.conv.weight.shape))
+            if bias is not None:
+                self.conv.bias.copy_(bias.detach())
+
+    def tensor(
+        self,
+        feats: torch.Tensor,
+        coords: torch.Tensor,
+        spatial_shape: Sequence[int],
+        batch_size: int,
+        indice_dict: Optional[dict] = None,
+    ):
+        """A SparseConvTensor; pass ``indice_dict`` (from :meth:`build_map`) to reuse a kernel map."""
+        t = self.spconv.SparseConvTensor(
+            feats, coords.to(torch.int32).contiguous(), list(spatial_shape), int(batch_size)
+        )
+        if indice_dict is not None:
+            t.indice_dict = dict(indice_dict)
+        return t
+
+    def __call__(self, x):
+        return self.conv(x)
+
+    def build_map(self, coords: torch.Tensor, spatial_shape: Sequence[int], batch_size: int) -> dict:
+        """spconv's own indice generation for this layer (what a fresh tensor's forward does first).
+
+        Returns an ``indice_dict`` that :meth:`tensor` accepts, so a forward then skips the map build.
+        """
+        from spconv.core import ConvAlgo
+        from spconv.pytorch.core import IndiceData
+
+        c = self.conv
+        indices = coords.to(torch.int32).contiguous()
+        ss = list(spatial_shape)
+        outids, pairs, pair_num = self.spconv.ops.get_indice_pairs(
+            indices,
+            int(batch_size),
+            ss,
+            ConvAlgo.Native,
+            list(c.kernel_size),
+            list(c.stride),
+            list(c.padding),
+            list(c.dilation),
+            list(c.output_padding),
+            True,
+            False,
+        )
+        data = IndiceData(
+            outids,
+            indices,
+            pairs,
+            pair_num,
+            ss,
+            ss,
+            is_subm=True,
+            algo=ConvAlgo.Native,
+            ksize=list(c.kernel_size),
+            stride=list(c.stride),
+            padding=list(c.padding),
+            dilation=list(c.dilation),
+        )
+        return {self.indice_key: data}
+
+    @staticmethod
+    def pair_count(indice_dict: dict) -> int:
+        """Number of (input, output) pairs in a kernel map built by :meth:`build_map` (all K offsets).
+
+        For a submanifold map spconv stores the counts of the offsets before the centre only (the others are
+        their mirror images, k <-> K-1-k) and leaves the centre (every site with itself) implicit.
+        """
+        (data,) = indice_dict.values()
+        num = data.indice_pair_num.tolist()
+        kv = len(num)
+        c = kv // 2
+        n_out = int(data.out_indices.shape[0])
+        if data.is_subm and kv % 2 == 1 and not any(num[c:]):
+            return 2 * sum(num[:c]) + n_out
+        return sum(num)
+
+
+def spconv_subm_conv3d(
+    feats: torch.Tensor,
+    coords: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    spatial_shape: Optional[Sequence[int]] = None,
+    batch_size: Optional[int] = None,
+    dilation: int = 1,
+) -> torch.Tensor:
+    """Run a submanifold conv through spconv with our-layout weights; returns output features [N, Cout].
+
+    coords int32 [N, 4] = (batch, x, y, z); spatial_shape defaults to coords.max + 1 per axis.
+    """
+    coords = coords.to(torch.int32)
+    if spatial_shape is None:
+        spatial_shape = (coords[:, 1:].max(0).values + 1).tolist() if len(coords) else [1, 1, 1]
+    if batch_size is None:
+        batch_size = int(coords[:, 0].max()) + 1 if len(coords) else 1
+    layer = SpconvSubM(weight, bias, dilation=dilation)
+    out = layer(layer.tensor(feats, coords, spatial_shape, batch_size))
+    return out.features
+
+
+def timed(fn, *args, **kwargs):
+    """(result, seconds) of one call."""
+    t0 = time.perf_counter()
+    r = fn(*args, **kwargs)
+    return r, time.perf_counter() - t0

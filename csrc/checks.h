@@ -1,0 +1,37 @@
+// One place for argument checks. Every message names the argument, what was expected and what came.
+// TORCH_CHECK_VALUE / TORCH_CHECK_TYPE surface in Python as ValueError / TypeError.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace sparseconv {
+
+inline void check_int32_coords(const at::Tensor& c, const char* name) {
+  TORCH_CHECK_TYPE(c.scalar_type() == at::kInt, name, ": expected int32 coordinates, got ", c.scalar_type());
+  TORCH_CHECK_VALUE(c.dim() == 2 && c.size(1) == 4, name,
+                    ": expected shape [N, 4] (batch, x, y, z), got ", c.sizes());
+  TORCH_CHECK_VALUE(c.is_contiguous(), name, ": expected a contiguous tensor");
+}
+
+inline void check_map(const at::Tensor& m, const char* name) {
+  TORCH_CHECK_TYPE(m.scalar_type() == at::kInt, name, ": expected an int32 kernel map, got ", m.scalar_type());
+  TORCH_CHECK_VALUE(m.dim() == 2, name, ": expected shape [K, N], got ", m.sizes());
+  TORCH_CHECK_VALUE(m.is_contiguous(), name, ": expected a contiguous tensor");
+}
+
+inline void check_feats(const at::Tensor& f, const char* name) {
+  TORCH_CHECK_TYPE(f.scalar_type() == at::kFloat || f.scalar_type() == at::kDouble, name,
+                   ": expected float32 or float64 features, got ", f.scalar_type());
+  TORCH_CHECK_VALUE(f.dim() == 2, name, ": expected shape [N, C], got ", f.sizes());
+  TORCH_CHECK_VALUE(f.is_contiguous(), name, ": expected a contiguous tensor");
+}
+
+// kernel_size / stride / padding / dilation arguments: three entries, each within [lo, hi].
+inline void check_triple(c10::IntArrayRef v, const char* name, int64_t lo, int64_t hi) {
+  TORCH_CHECK_VALUE(v.size() == 3, name, ": expected 3 values, got ", v.size());
+  for (auto x : v) {
+    TORCH_CHECK_VALUE(x >= lo && x <= hi, name, ": expected values in [", lo, ", ", hi, "], got ", v);
+  }
+}
+
+}  // namespace sparseconv

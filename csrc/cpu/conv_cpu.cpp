@@ -1,0 +1,232 @@
+// Sparse convolution as gather-multiply-accumulate over a kernel map, output-stationary.
+//
+// Outputs are cut into fixed tiles (independent of the thread count, so results are bitwise identical for any
+// number of threads); a tile's rows stay in L1/L2 while every kernel offset adds its gathered input rows times
+// that offset's weight matrix. The weight gradient is split by (offset, column block), each summed in a fixed
+// order, so it is deterministic too. Input gradients reuse the forward kernel with the transposed map.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/microkernel.h"
+
+namespace sparseconv {
+namespace {
+
+constexpr int kRows = 6;         // gathered rows per register block (6 x 16 floats = 12 AVX2 accumulators)
+constexpr int64_t kTile = 128;   // output rows per tile
+constexpr int64_t kPairTile = 256;
+
+template <typename T, int NV>
+void rows_block(int nr, const T* const* a, T* const* o, int64_t col, const T* w, int64_t cin, int64_t ldw) {
+  switch (nr) {
+    case 6: rows_times_w<T, 6, NV>(a, o, col, w, cin, ldw); break;
+    case 5: rows_times_w<T, 5, NV>(a, o, col, w, cin, ldw); break;
+    case 4: rows_times_w<T, 4, NV>(a, o, col, w, cin, ldw); break;
+    case 3: rows_times_w<T, 3, NV>(a, o, col, w, cin, ldw); break;
+    case 2: rows_times_w<T, 2, NV>(a, o, col, w, cin, ldw); break;
+    default: rows_times_w<T, 1, NV>(a, o, col, w, cin, ldw); break;
+  }
+}
+
+// o[r] += a[r] @ w for nr gathered rows, all columns.
+template <typename T>
+void gathered_rows_times_w(int nr, const T* const* a, T* const* o, const T* w, int64_t cin, int64_t cout) {
+  constexpr int L = Vec<T>::lanes;
+  int64_t col = 0;
+  for (; col + 2 * L <= cout; col += 2 * L) rows_block<T, 2>(nr, a, o, col, w, cin, cout);
+  if (col + L <= cout) {
+    rows_block<T, 1>(nr, a, o, col, w, cin, cout);
+    col += L;
+  }
+  for (; col < cout; ++col)
+    for (int r = 0; r < nr; ++r) {
+      T s = o[r][col];
+      for (int64_t c = 0; c < cin; ++c) s += a[r][c] * w[c * cout + col];
+      o[r][col] = s;
+    }
+}
+
+template <typename T>
+void conv_forward(const T* feats, int64_t n_in, int64_t cin, const T* w, const T* bias, const int32_t* nbr, int64_t K,
+                  int64_t n_out, int64_t cout, T* out, std::atomic<bool>& bad_map) {
+  const int64_t ntiles = (n_out + kTile - 1) / kTile;
+  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+    const T* a[kTile];
+    T* o[kTile];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i0 = t * kTile, i1 = std::min(n_out, i0 + kTile);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t c = 0; c < cout; ++c) out[i * cout + c] = bias ? bias[c] : T(0);
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t* row = nbr + k * n_out;
+        int64_t m = 0;
+        for (int64_t i = i0; i < i1; ++i) {
+          const int32_t j = row[i];
+          if (j < 0) continue;
+          if (j >= n_in) {
+            bad_map = true;
+            continue;
+          }
+          a[m] = feats + int64_t(j) * cin;
+          o[m] = out + i * cout;
+          ++m;
+        }
+        const T* wk = w + k * cin * cout;
+        for (int64_t g = 0; g < m; g += kRows)
+          gathered_rows_times_w<T>(int(std::min<int64_t>(kRows, m - g)), a + g, o + g, wk, cin, cout);
+      }
+    }
+  });
+}
+
+template <typename T, int NV>
+void outer_block(int nr, const T* const* a, int64_t row, const T* const* b, int64_t col, int64_t np, T* g,
+                 int64_t ldg) {
+  switch (nr) {
+    case 6: outer_accumulate<T, 6, NV>(a, row, b, col, np, g, ldg); break;
+    case 5: outer_accumulate<T, 5, NV>(a, row, b, col, np, g, ldg); break;
+    case 4: outer_accumulate<T, 4, NV>(a, row, b, col, np, g, ldg); break;
+    case 3: outer_accumulate<T, 3, NV>(a, row, b, col, np, g, ldg); break;
+    case 2: outer_accumulate<T, 2, NV>(a, row, b, col, np, g, ldg); break;
+    default: outer_accumulate<T, 1, NV>(a, row, b, col, np, g, ldg); break;
+  }
+}
+
+template <typename T>
+void conv_weight_grad(const T* feats, int64_t n_in, int64_t cin, const T* gout, int64_t cout, const int32_t* nbr,
+                      int64_t K, int64_t n_out, T* gw, std::atomic<bool>& bad_map) {
+  constexpr int L = Vec<T>::lanes;
+  struct Block {
+    int64_t col, width;
+  };
+  std::vector<Block> blocks;
+  int64_t col = 0;
+  for (; col + 2 * L <= cout; col += 2 * L) blocks.push_back({col, 2 * L});
+  if (col + L <= cout) {
+    blocks.push_back({col, L});
+    col += L;
+  }
+  if (col < cout) blocks.push_back({col, cout - col});
+  const int64_t nb = int64_t(blocks.size());
+  at::parallel_for(0, K * nb, 1, [&](int64_t w0, int64_t w1) {
+    const T* a[kPairTile];
+    const T* b[kPairTile];
+    for (int64_t item = w0; item < w1; ++item) {
+      const int64_t k = item / nb;
+      const Block blk = blocks[item % nb];
+      const int32_t* row = nbr + k * n_out;
+      T* gk = gw + k * cin * cout;
+      for (int64_t i0 = 0; i0 < n_out; i0 += kPairTile) {
+        const int64_t i1 = std::min(n_out, i0 + kPairTile);
+        int64_t m = 0;
+        for (int64_t i = i0; i < i1; ++i) {
+          const int32_t j = row[i];
+          if (j < 0) continue;
+          if (j >= n_in) {
+            bad_map = true;
+            continue;
+          }
+          a[m] = feats + int64_t(j) * cin;
+          b[m] = gout + i * cout;
+          ++m;
+        }
+        if (m == 0) continue;
+        for (int64_t r = 0; r < cin; r += kRows) {
+          const int nr = int(std::min<int64_t>(kRows, cin - r));
+          T* g = gk + r * cout + blk.col;
+          if (blk.width == 2 * L) {
+            outer_block<T, 2>(nr, a, r, b, blk.col, m, g, cout);
+          } else if (blk.width == L) {
+            outer_block<T, 1>(nr, a, r, b, blk.col, m, g, cout);
+          } else {
+            for (int rr = 0; rr < nr; ++rr)
+              for (int64_t cc = 0; cc < blk.width; ++cc) {
+                T s = g[rr * cout + cc];
+                for (int64_t p = 0; p < m; ++p) s += a[p][r + rr] * b[p][blk.col + cc];
+                g[rr * cout + cc] = s;
+              }
+          }
+        }
+      }
+    }
+  });
+}
+
+void check_weight(const at::Tensor& weight, const at::Tensor& feats, const at::Tensor& nbr) {
+  TORCH_CHECK_TYPE(weight.scalar_type() == feats.scalar_type(), "weight: expected dtype ", feats.scalar_type(),
+                   " (the features' dtype), got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 3, "weight: expected shape [K, Cin, Cout], got ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(0) == nbr.size(0), "weight: expected ", nbr.size(0),
+                    " kernel offsets (the map's), got ", weight.size(0));
+  TORCH_CHECK_VALUE(weight.size(1) == feats.size(1), "weight: expected Cin = ", feats.size(1),
+                    " (the features' channels), got ", weight.size(1));
+  TORCH_CHECK_VALUE(weight.is_contiguous(), "weight: expected a contiguous tensor");
+}
+
+at::Tensor sparse_conv_cpu(const at::Tensor& feats, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                           const at::Tensor& nbr, const c10::optional<at::Tensor>& nbr_t) {
+  check_feats(feats, "feats");
+  check_map(nbr, "nbr");
+  check_weight(weight, feats, nbr);
+  if (nbr_t.has_value() && nbr_t->defined()) {
+    // Only backward reads it; checked here so a wrong map fails at the call that passed it.
+    check_map(*nbr_t, "nbr_t");
+    TORCH_CHECK_VALUE(nbr_t->size(0) == nbr.size(0) && nbr_t->size(1) == feats.size(0), "nbr_t: expected shape [",
+                      nbr.size(0), ", ", feats.size(0), "] (K, input rows), got ", nbr_t->sizes());
+  } else {
+    TORCH_CHECK_VALUE(nbr.size(1) == feats.size(0), "nbr_t: None is only valid for a centre-symmetric "
+                      "submanifold map (N_out == N_in), but nbr has ", nbr.size(1), " outputs for ", feats.size(0),
+                      " inputs");
+  }
+  const int64_t cout = weight.size(2), n_out = nbr.size(1);
+  const at::Tensor* b = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_TYPE(bias->scalar_type() == feats.scalar_type(), "bias: expected dtype ", feats.scalar_type(),
+                     ", got ", bias->scalar_type());
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == cout && bias->is_contiguous(),
+                      "bias: expected a contiguous tensor of shape [", cout, "], got ", bias->sizes());
+    b = &*bias;
+  }
+  at::Tensor out = at::empty({n_out, cout}, feats.options());
+  std::atomic<bool> bad{false};
+  AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "sparse_conv", [&] {
+    conv_forward<scalar_t>(feats.data_ptr<scalar_t>(), feats.size(0), feats.size(1), weight.data_ptr<scalar_t>(),
+                           b ? b->data_ptr<scalar_t>() : nullptr, nbr.data_ptr<int32_t>(), nbr.size(0), n_out, cout,
+                           out.data_ptr<scalar_t>(), bad);
+  });
+  TORCH_CHECK_VALUE(!bad.load(), "nbr: refers to input rows >= feats.size(0) (", feats.size(0), ")");
+  return out;
+}
+
+at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& feats, const at::Tensor& grad_out, const at::Tensor& nbr) {
+  check_feats(feats, "feats");
+  check_feats(grad_out, "grad_out");
+  check_map(nbr, "nbr");
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == feats.scalar_type(), "grad_out: expected dtype ", feats.scalar_type(),
+                   ", got ", grad_out.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.size(0) == nbr.size(1), "grad_out: expected ", nbr.size(1), " rows (the map's), got ",
+                    grad_out.size(0));
+  const int64_t K = nbr.size(0), cin = feats.size(1), cout = grad_out.size(1);
+  at::Tensor gw = at::zeros({K, cin, cout}, feats.options());
+  std::atomic<bool> bad{false};
+  AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "sparse_conv_weight_grad", [&] {
+    conv_weight_grad<scalar_t>(feats.data_ptr<scalar_t>(), feats.size(0), cin, grad_out.data_ptr<scalar_t>(), cout,
+                               nbr.data_ptr<int32_t>(), K, nbr.size(1), gw.data_ptr<scalar_t>(), bad);
+  });
+  TORCH_CHECK_VALUE(!bad.load(), "nbr: refers to input rows >= feats.size(0) (", feats.size(0), ")");
+  return gw;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseconv, CPU, m) {
+  m.impl("sparse_conv", &sparse_conv_cpu);
+  m.impl("sparse_conv_weight_grad", &sparse_conv_weight_grad_cpu);
+}
+
+}  // namespace sparseconv

@@ -1,0 +1,68 @@
+"""Kernel maps cached per site set, shared by every tensor derived from the same input.
+
+A SparseTensor carries `sites` (a token naming its coordinate set) and `kmaps` (the cache dict). Layers that keep
+the sites (submanifold convs, activations, norms) pass both on; a strided conv makes new sites, cached under its
+geometry so that a second layer with the same geometry on the same input gets the same sites and maps back.
+"""
+from dataclasses import dataclass, field
+
+import torch
+
+from . import ops
+
+
+class KernelMap:
+    """nbr [K, N_out] and, computed on first use, its transpose [K, N_in] (None for symmetric maps)."""
+
+    def __init__(self, nbr, n_in, symmetric=False, nbr_t=None):
+        self.nbr = nbr
+        self.n_in = n_in
+        self.symmetric = symmetric
+        self._nbr_t = nbr_t
+
+    @property
+    def nbr_t(self):
+        if self.symmetric:
+            return None
+        if self._nbr_t is None:
+            self._nbr_t = ops.invert_map(self.nbr, self.n_in)
+        return self._nbr_t
+
+    def transposed(self):
+        """The map of the transposed convolution: outputs and inputs swap roles."""
+        return KernelMap(self.nbr_t, self.nbr.shape[1], nbr_t=self.nbr)
+
+
+@dataclass
+class StridedMap:
+    """A strided conv's output sites and map, plus what its inverse needs to restore the input."""
+
+    kmap: KernelMap
+    out_coords: torch.Tensor
+    out_shape: tuple
+    out_sites: object = field(default_factory=object)
+
+
+def subm_map(x, kernel_size, dilation):
+    key = ("subm", x.sites, kernel_size, dilation)
+    entry = x.kmaps.get(key)
+    if entry is None:
+        nbr = ops.build_subm_map(x.coords, list(kernel_size), list(dilation))
+        symmetric = all(k % 2 == 1 for k in kernel_size)
+        entry = x.kmaps[key] = KernelMap(nbr, x.coords.shape[0], symmetric=symmetric)
+    return entry
+
+
+def strided_map(x, kernel_size, stride, padding, dilation):
+    key = ("strided", x.sites, kernel_size, stride, padding, dilation)
+    entry = x.kmaps.get(key)
+    if entry is None:
+        out_coords, nbr = ops.build_strided_map(
+            x.coords, list(x.spatial_shape), list(kernel_size), list(stride), list(padding), list(dilation)
+        )
+        out_shape = tuple(
+            (s + 2 * p - d * (k - 1) - 1) // st + 1
+            for s, k, st, p, d in zip(x.spatial_shape, kernel_size, stride, padding, dilation)
+        )
+        entry = x.kmaps[key] = StridedMap(KernelMap(nbr, x.coords.shape[0]), out_coords, out_shape)
+    return entry

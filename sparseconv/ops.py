@@ -1,0 +1,59 @@
+"""The compiled operators with their autograd formulas and fake (shape-only) kernels.
+
+Kernel maps are int32 [K, N_out] tensors: nbr[k, i] is the input row kernel offset k reads at output i, or -1.
+"""
+import torch
+
+from . import _C  # noqa: F401  (loads the TORCH_LIBRARY registrations)
+
+_ops = torch.ops.sparseconv
+
+build_subm_map = _ops.build_subm_map
+build_strided_map = _ops.build_strided_map
+invert_map = _ops.invert_map
+sparse_conv_weight_grad = _ops.sparse_conv_weight_grad
+
+
+def sparse_conv(feats, weight, bias, nbr, nbr_t):
+    """out[i] = bias + sum_k feats[nbr[k, i]] @ weight[k]; differentiable in feats, weight and bias.
+
+    nbr_t is the transposed map (invert_map(nbr, N_in)) that backward reads, or None for a centre-symmetric
+    submanifold map (odd kernel), whose transpose is nbr with the kernel offsets reversed.
+    """
+    return _ops.sparse_conv(feats, weight, bias, nbr, nbr_t)
+
+
+def _setup_context(ctx, inputs, output):
+    feats, weight, bias, nbr, nbr_t = inputs
+    ctx.save_for_backward(feats, weight, nbr, nbr_t)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad):
+    feats, weight, nbr, nbr_t = ctx.saved_tensors
+    grad = grad.contiguous()
+    g_feats = g_weight = g_bias = None
+    if ctx.needs_input_grad[0]:
+        if nbr_t is None:
+            # Symmetric map: offset k at i reads j exactly when offset K-1-k at j reads i.
+            g_feats = _ops.sparse_conv(grad, weight.flip(0).transpose(1, 2).contiguous(), None, nbr, None)
+        else:
+            g_feats = _ops.sparse_conv(grad, weight.transpose(1, 2).contiguous(), None, nbr_t, nbr)
+    if ctx.needs_input_grad[1]:
+        g_weight = _ops.sparse_conv_weight_grad(feats, grad, nbr)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        g_bias = grad.sum(0)
+    return g_feats, g_weight, g_bias, None, None
+
+
+torch.library.register_autograd("sparseconv::sparse_conv", _backward, setup_context=_setup_context)
+
+
+@torch.library.register_fake("sparseconv::sparse_conv")
+def _sparse_conv_fake(feats, weight, bias, nbr, nbr_t):
+    return feats.new_empty(nbr.shape[1], weight.shape[2])
+
+
+@torch.library.register_fake("sparseconv::sparse_conv_weight_grad")
+def _weight_grad_fake(feats, grad_out, nbr):
+    return feats.new_empty(nbr.shape[0], feats.shape[1], grad_out.shape[1])
