@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <vector>
 
@@ -18,8 +19,10 @@ namespace sparseconv {
 namespace {
 
 constexpr int kRows = 6;         // gathered rows per register block (6 x 16 floats = 12 AVX2 accumulators)
-constexpr int64_t kTile = 128;   // output rows per tile
-constexpr int64_t kPairTile = 256;
+constexpr int64_t kTile = 256;     // output rows per tile
+constexpr int64_t kPairTile = 256;  // gathered pairs per weight-gradient tile
+constexpr int64_t kChunk = 16384;   // output rows per weight-gradient work item (at most)
+constexpr int64_t kPartialElems = int64_t(1) << 22;  // bound on the weight gradient's partial sums
 
 template <typename T, int NV>
 void rows_block(int nr, const T* const* a, T* const* o, int64_t col, const T* w, int64_t cin, int64_t ldw) {
@@ -51,6 +54,21 @@ void gathered_rows_times_w(int nr, const T* const* a, T* const* o, const T* w, i
     }
 }
 
+// The (input, output) row pairs of one map row over outputs [i0, i1), without branches on the ~70% of empty
+// entries. Entries >= n_in (a map that does not belong to these features) set `bad` and are skipped.
+inline int64_t collect_pairs(const int32_t* row, int64_t i0, int64_t i1, int64_t n_in, int32_t* in, int32_t* out,
+                             bool& bad) {
+  int64_t m = 0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int32_t j = row[i];
+    in[m] = j;
+    out[m] = int32_t(i);
+    m += uint32_t(j) < uint64_t(n_in);
+    bad |= j >= n_in;
+  }
+  return m;
+}
+
 template <typename T>
 void conv_forward(const T* feats, int64_t n_in, int64_t cin, const T* w, const T* bias, const int32_t* nbr, int64_t K,
                   int64_t n_out, int64_t cout, T* out, std::atomic<bool>& bad_map) {
@@ -58,100 +76,103 @@ void conv_forward(const T* feats, int64_t n_in, int64_t cin, const T* w, const T
   at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
     const T* a[kTile];
     T* o[kTile];
+    int32_t pair_in[kTile], pair_out[kTile];
+    bool bad = false;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i0 = t * kTile, i1 = std::min(n_out, i0 + kTile);
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t c = 0; c < cout; ++c) out[i * cout + c] = bias ? bias[c] : T(0);
       for (int64_t k = 0; k < K; ++k) {
         const int32_t* row = nbr + k * n_out;
-        int64_t m = 0;
-        for (int64_t i = i0; i < i1; ++i) {
-          const int32_t j = row[i];
-          if (j < 0) continue;
-          if (j >= n_in) {
-            bad_map = true;
-            continue;
-          }
-          a[m] = feats + int64_t(j) * cin;
-          o[m] = out + i * cout;
-          ++m;
+        const int64_t m = collect_pairs(row, i0, i1, n_in, pair_in, pair_out, bad);
+        for (int64_t p = 0; p < m; ++p) {
+          a[p] = feats + int64_t(pair_in[p]) * cin;
+          o[p] = out + int64_t(pair_out[p]) * cout;
         }
         const T* wk = w + k * cin * cout;
         for (int64_t g = 0; g < m; g += kRows)
           gathered_rows_times_w<T>(int(std::min<int64_t>(kRows, m - g)), a + g, o + g, wk, cin, cout);
       }
     }
+    if (bad) bad_map = true;
   });
 }
 
 template <typename T, int NV>
-void outer_block(int nr, const T* const* a, int64_t row, const T* const* b, int64_t col, int64_t np, T* g,
-                 int64_t ldg) {
+void outer_block(int nr, const T* a, int64_t lda, const T* b, int64_t ldb, int64_t np, T* g, int64_t ldg) {
   switch (nr) {
-    case 6: outer_accumulate<T, 6, NV>(a, row, b, col, np, g, ldg); break;
-    case 5: outer_accumulate<T, 5, NV>(a, row, b, col, np, g, ldg); break;
-    case 4: outer_accumulate<T, 4, NV>(a, row, b, col, np, g, ldg); break;
-    case 3: outer_accumulate<T, 3, NV>(a, row, b, col, np, g, ldg); break;
-    case 2: outer_accumulate<T, 2, NV>(a, row, b, col, np, g, ldg); break;
-    default: outer_accumulate<T, 1, NV>(a, row, b, col, np, g, ldg); break;
+    case 6: outer_accumulate<T, 6, NV>(a, lda, b, ldb, np, g, ldg); break;
+    case 5: outer_accumulate<T, 5, NV>(a, lda, b, ldb, np, g, ldg); break;
+    case 4: outer_accumulate<T, 4, NV>(a, lda, b, ldb, np, g, ldg); break;
+    case 3: outer_accumulate<T, 3, NV>(a, lda, b, ldb, np, g, ldg); break;
+    case 2: outer_accumulate<T, 2, NV>(a, lda, b, ldb, np, g, ldg); break;
+    default: outer_accumulate<T, 1, NV>(a, lda, b, ldb, np, g, ldg); break;
   }
 }
 
+// g [cin, cout] += A^T B for np gathered pairs: A [np, cin], B [np, cout], both contiguous.
+template <typename T>
+void tile_outer(const T* A, int64_t cin, const T* B, int64_t cout, int64_t np, T* g) {
+  constexpr int L = Vec<T>::lanes;
+  // Rows in blocks of at most kRows, as even as possible (32 -> 6,6,5,5,5,5 rather than 6,6,6,6,6,2).
+  const int64_t nblocks = (cin + kRows - 1) / kRows;
+  for (int64_t blk = 0, r = 0; blk < nblocks; ++blk) {
+    const int nr = int((cin - r) / (nblocks - blk));
+    int64_t col = 0;
+    for (; col + 2 * L <= cout; col += 2 * L) outer_block<T, 2>(nr, A + r, cin, B + col, cout, np, g + r * cout + col, cout);
+    if (col + L <= cout) {
+      outer_block<T, 1>(nr, A + r, cin, B + col, cout, np, g + r * cout + col, cout);
+      col += L;
+    }
+    for (; col < cout; ++col)
+      for (int rr = 0; rr < nr; ++rr) {
+        T s = g[(r + rr) * cout + col];
+        for (int64_t p = 0; p < np; ++p) s += A[p * cin + r + rr] * B[p * cout + col];
+        g[(r + rr) * cout + col] = s;
+      }
+    r += nr;
+  }
+}
+
+// Work items are (offset k, fixed chunk of output rows): each sums into its own [cin, cout] slot, and the slots
+// of one k are added in chunk order, so the result does not depend on the thread count.
 template <typename T>
 void conv_weight_grad(const T* feats, int64_t n_in, int64_t cin, const T* gout, int64_t cout, const int32_t* nbr,
                       int64_t K, int64_t n_out, T* gw, std::atomic<bool>& bad_map) {
-  constexpr int L = Vec<T>::lanes;
-  struct Block {
-    int64_t col, width;
-  };
-  std::vector<Block> blocks;
-  int64_t col = 0;
-  for (; col + 2 * L <= cout; col += 2 * L) blocks.push_back({col, 2 * L});
-  if (col + L <= cout) {
-    blocks.push_back({col, L});
-    col += L;
-  }
-  if (col < cout) blocks.push_back({col, cout - col});
-  const int64_t nb = int64_t(blocks.size());
-  at::parallel_for(0, K * nb, 1, [&](int64_t w0, int64_t w1) {
-    const T* a[kPairTile];
-    const T* b[kPairTile];
+  const int64_t block = cin * cout;
+  // Enough items to balance the threads, but at most kPartialElems partial sums held at once.
+  const int64_t max_chunks = std::max<int64_t>(1, kPartialElems / (K * block));
+  const int64_t nchunks = std::clamp<int64_t>((n_out + kChunk - 1) / kChunk, 1, max_chunks);
+  const int64_t chunk_rows = (n_out + nchunks - 1) / nchunks;
+  std::vector<T> partial(size_t(K * nchunks * block));
+  at::parallel_for(0, K * nchunks, 1, [&](int64_t w0, int64_t w1) {
+    std::vector<T> A(kPairTile * cin), B(kPairTile * cout);
+    int32_t pair_in[kPairTile], pair_out[kPairTile];
+    bool bad = false;
     for (int64_t item = w0; item < w1; ++item) {
-      const int64_t k = item / nb;
-      const Block blk = blocks[item % nb];
+      const int64_t k = item / nchunks, chunk = item % nchunks;
       const int32_t* row = nbr + k * n_out;
-      T* gk = gw + k * cin * cout;
-      for (int64_t i0 = 0; i0 < n_out; i0 += kPairTile) {
-        const int64_t i1 = std::min(n_out, i0 + kPairTile);
-        int64_t m = 0;
-        for (int64_t i = i0; i < i1; ++i) {
-          const int32_t j = row[i];
-          if (j < 0) continue;
-          if (j >= n_in) {
-            bad_map = true;
-            continue;
-          }
-          a[m] = feats + int64_t(j) * cin;
-          b[m] = gout + i * cout;
-          ++m;
-        }
+      T* g = partial.data() + item * block;
+      std::fill(g, g + block, T(0));
+      const int64_t end = std::min(n_out, (chunk + 1) * chunk_rows);
+      for (int64_t i0 = chunk * chunk_rows; i0 < end; i0 += kPairTile) {
+        const int64_t m = collect_pairs(row, i0, std::min(end, i0 + kPairTile), n_in, pair_in, pair_out, bad);
         if (m == 0) continue;
-        for (int64_t r = 0; r < cin; r += kRows) {
-          const int nr = int(std::min<int64_t>(kRows, cin - r));
-          T* g = gk + r * cout + blk.col;
-          if (blk.width == 2 * L) {
-            outer_block<T, 2>(nr, a, r, b, blk.col, m, g, cout);
-          } else if (blk.width == L) {
-            outer_block<T, 1>(nr, a, r, b, blk.col, m, g, cout);
-          } else {
-            for (int rr = 0; rr < nr; ++rr)
-              for (int64_t cc = 0; cc < blk.width; ++cc) {
-                T s = g[rr * cout + cc];
-                for (int64_t p = 0; p < m; ++p) s += a[p][r + rr] * b[p][blk.col + cc];
-                g[rr * cout + cc] = s;
-              }
-          }
+        for (int64_t p = 0; p < m; ++p) {
+          std::copy_n(feats + int64_t(pair_in[p]) * cin, cin, A.data() + p * cin);
+          std::copy_n(gout + int64_t(pair_out[p]) * cout, cout, B.data() + p * cout);
         }
+        tile_outer<T>(A.data(), cin, B.data(), cout, m, g);
+      }
+    }
+    if (bad) bad_map = true;
+  });
+  at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      T* dst = gw + k * block;
+      for (int64_t c = 0; c < nchunks; ++c) {
+        const T* src = partial.data() + (k * nchunks + c) * block;
+        for (int64_t e = 0; e < block; ++e) dst[e] += src[e];
       }
     }
   });

@@ -42,22 +42,20 @@ inline void rows_times_w(const T* const* a, T* const* out_rows, int64_t col, con
     for (int v = 0; v < NV; ++v) *reinterpret_cast<V*>(out[r] + v * L) = acc[r][v];
 }
 
-// g[r][0:NV*L] += sum_p a[p][row + r] * b[p][col:col+NV*L] over npairs gathered pairs: an R x NV*L block of a
-// weight gradient (a[p]: input row, b[p]: output-gradient row; g points at the block's first element).
+// g[r][0:NV*L] += sum_p a[p * lda + r] * b[p * ldb + 0:NV*L] over np pairs: an R x NV*L block of a weight
+// gradient from contiguous gathered rows (a: input rows, b: output-gradient rows; g: the block's first element).
 template <typename T, int R, int NV>
-inline void outer_accumulate(const T* const* a, int64_t row, const T* const* b, int64_t col, int64_t npairs, T* g,
-                             int64_t ldg) {
+inline void outer_accumulate(const T* a, int64_t lda, const T* b, int64_t ldb, int64_t np, T* g, int64_t ldg) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::lanes;
   V acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = *reinterpret_cast<const V*>(g + r * ldg + v * L);
-  for (int64_t p = 0; p < npairs; ++p) {
+  for (int64_t p = 0; p < np; ++p, a += lda, b += ldb) {
     V bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = *reinterpret_cast<const V*>(b[p] + col + v * L);
-    const T* ap = a[p] + row;
+    for (int v = 0; v < NV; ++v) bv[v] = *reinterpret_cast<const V*>(b + v * L);
     for (int r = 0; r < R; ++r) {
-      const T s = ap[r];
+      const T s = a[r];
       for (int v = 0; v < NV; ++v) acc[r][v] += bv[v] * s;
     }
   }
