@@ -29,7 +29,9 @@ demo: build
 test: build
 	$(PY) -m pytest -q
 
+# spconv is an optional peer: a failed install does not fail the target (the benchmark then skips it).
 bench: build
+	-$(PIP) install -q spconv==2.3.8
 	$(PY) benchmarks/bench_conv.py
 
 clean:

@@ -1,11 +1,12 @@
 """Optional peer libraries for side-by-side measurements (never a dependency of sparseconv itself).
 
 spconv 2.3.8 (``pip install spconv==2.3.8``, the CPU wheel; it pulls cumm, pccm, ccimport, fire and does not
-pull torch) runs on torch 2.x CPU once two things are patched by :func:`load_spconv`: (1) its backward and
-hash code ask ``torch.cuda.current_stream()`` unconditionally, which fails on a CPU-only torch:
-``get_current_stream`` returns 0 (the "no stream" value spconv's CPU kernels expect) when CUDA is absent; (2)
-its CPU scatter-add has a data race that gives wrong, run-to-run different results with more than one OpenMP
-thread (see below): it runs serially.
+pull torch) runs on torch 2.x CPU once :func:`load_spconv` patches one thing: its backward and hash code ask
+``torch.cuda.current_stream()`` unconditionally, which fails on a CPU-only torch: ``get_current_stream``
+returns 0 (the "no stream" value spconv's CPU kernels expect) when CUDA is absent. Apart from that spconv runs
+as shipped, so timings are what its users get. Its CPU scatter-add has a data race with more than one OpenMP
+thread (see below): each call adds a few rows to the wrong outputs, different ones each run.
+:func:`serial_scatter` runs it serially for exact reference results (~20-25% slower: never time under it).
 
 Layouts: spconv's weight is [Cout, k0, k1, k2, Cin] (KRSC), sparseconv's is [k0, k1, k2, Cin, Cout]; both
 compute a cross-correlation (like torch.nn.Conv3d, no kernel flip). spconv's indices are int32 [N, 4] =
@@ -14,6 +15,7 @@ compute a cross-correlation (like torch.nn.Conv3d, no kernel flip). spconv's ind
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
 from typing import Optional, Sequence
@@ -52,7 +54,6 @@ def load_spconv():
                 continue
             if hasattr(mod, "get_current_stream"):
                 mod.get_current_stream = _cpu_stream
-    _patch_scatter_race()
     _SPCONV = spconv_pytorch
     return _SPCONV
 
@@ -65,10 +66,10 @@ def load_spconv():
 #
 # Which OpenMP runtime runs it: spconv's wheel bundles its own libgomp (spconv.libs/libgomp-*.so), but torch
 # has already put its libgomp in the global symbol scope, so spconv's GOMP_parallel/omp_* calls bind to
-# torch's runtime (check with LD_DEBUG=bindings): torch.set_num_threads(n) sets spconv's thread count too. The
-# patch runs scatter_add_cpu with the runtime(s) it may use set to one thread (its gather stays parallel) and
-# restores the count afterwards; if no runtime can be reached through ctypes it falls back to torch's
-# index_add_.
+# torch's runtime (check with LD_DEBUG=bindings): torch.set_num_threads(n) sets spconv's thread count too.
+# serial_scatter() runs scatter_add_cpu with the runtime(s) it may use set to one thread (its gather stays
+# parallel) and restores the count afterwards; if no runtime can be reached through ctypes it falls back to
+# torch's index_add_.
 # ------------------------------------------------------------------------------------------------------------
 
 _OMP_LIBS: list = []  # ctypes handles of the OpenMP runtimes spconv's calls may bind to
@@ -134,13 +135,37 @@ class _SerialScatterOps:
         o.index_add_(0, i, src)
 
 
-def _patch_scatter_race():
+@contextlib.contextmanager
+def serial_scatter():
+    """Within the block spconv's CPU scatter-add runs on one thread (exact results); spconv as shipped after.
+
+    spconv.pytorch.ops looks ``SpconvOps`` up at call time, so swapping that module global is enough.
+    """
     global _OMP_LIBS
+    if load_spconv() is None:
+        raise RuntimeError(f"spconv is not importable: {spconv_error()}")
     ops = importlib.import_module("spconv.pytorch.ops")
-    if isinstance(ops.SpconvOps, _SerialScatterOps):
+    if isinstance(ops.SpconvOps, _SerialScatterOps):  # nested: already serial
+        yield
         return
-    _OMP_LIBS = _find_omp_runtimes()
-    ops.SpconvOps = _SerialScatterOps(ops.SpconvOps)
+    if not _OMP_LIBS:
+        _OMP_LIBS = _find_omp_runtimes()
+    real = ops.SpconvOps
+    ops.SpconvOps = _SerialScatterOps(real)
+    try:
+        yield
+    finally:
+        ops.SpconvOps = real
+
+
+def omp_threads() -> Optional[int]:
+    """omp_get_max_threads() of the OpenMP runtime spconv's calls bind to (the global one), or None."""
+    global _OMP_LIBS
+    if load_spconv() is None:
+        return None
+    if not _OMP_LIBS:
+        _OMP_LIBS = _find_omp_runtimes()
+    return _OMP_LIBS[0].omp_get_max_threads() if _OMP_LIBS else None
 
 
 def spconv_error() -> Optional[str]:

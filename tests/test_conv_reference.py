@@ -107,6 +107,8 @@ SUBM_CASES = [
     (3, 1, 2, 16, 32, 10, 0.30, f32),
     (5, 2, 1, 8, 8, 9, 0.10, f32),
     ((3, 5, 1), (1, 1, 2), 3, 4, 6, 8, 0.20, f32),
+    # About 19,700 sites: several row tiles and weight-gradient chunks (16,384 output rows each).
+    (3, 1, 2, 3, 4, 32, 0.30, f64),
 ]
 
 

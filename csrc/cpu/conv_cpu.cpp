@@ -14,6 +14,7 @@
 
 #include "checks.h"
 #include "cpu/microkernel.h"
+#include "cpu/parallel.h"
 
 namespace sparseconv {
 namespace {
@@ -73,12 +74,12 @@ template <typename T>
 void conv_forward(const T* feats, int64_t n_in, int64_t cin, const T* w, const T* bias, const int32_t* nbr, int64_t K,
                   int64_t n_out, int64_t cout, T* out, std::atomic<bool>& bad_map) {
   const int64_t ntiles = (n_out + kTile - 1) / kTile;
-  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+  parallel_claim(ntiles, [&](auto&& claim) {
     const T* a[kTile];
     T* o[kTile];
     int32_t pair_in[kTile], pair_out[kTile];
     bool bad = false;
-    for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t t = claim(); t >= 0; t = claim()) {
       const int64_t i0 = t * kTile, i1 = std::min(n_out, i0 + kTile);
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t c = 0; c < cout; ++c) out[i * cout + c] = bias ? bias[c] : T(0);
@@ -145,11 +146,11 @@ void conv_weight_grad(const T* feats, int64_t n_in, int64_t cin, const T* gout, 
   const int64_t nchunks = std::clamp<int64_t>((n_out + kChunk - 1) / kChunk, 1, max_chunks);
   const int64_t chunk_rows = (n_out + nchunks - 1) / nchunks;
   std::vector<T> partial(size_t(K * nchunks * block));
-  at::parallel_for(0, K * nchunks, 1, [&](int64_t w0, int64_t w1) {
+  parallel_claim(K * nchunks, [&](auto&& claim) {
     std::vector<T> A(kPairTile * cin), B(kPairTile * cout);
     int32_t pair_in[kPairTile], pair_out[kPairTile];
     bool bad = false;
-    for (int64_t item = w0; item < w1; ++item) {
+    for (int64_t item = claim(); item >= 0; item = claim()) {
       const int64_t k = item / nchunks, chunk = item % nchunks;
       const int32_t* row = nbr + k * n_out;
       T* g = partial.data() + item * block;
