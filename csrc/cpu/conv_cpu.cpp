@@ -22,7 +22,7 @@ namespace {
 constexpr int kRows = 6;         // gathered rows per register block (6 x 16 floats = 12 AVX2 accumulators)
 constexpr int64_t kTile = 256;     // output rows per tile
 constexpr int64_t kPairTile = 256;  // gathered pairs per weight-gradient tile
-constexpr int64_t kChunk = 16384;   // output rows per weight-gradient work item (at most)
+constexpr int64_t kChunk = 2048;    // output rows per weight-gradient work item (at most)
 constexpr int64_t kPartialElems = int64_t(1) << 22;  // bound on the weight gradient's partial sums
 
 template <typename T, int NV>
@@ -111,6 +111,16 @@ void outer_block(int nr, const T* a, int64_t lda, const T* b, int64_t ldb, int64
   }
 }
 
+// A short row copy, inlined: a memmove call per gathered row costs more than the copy itself.
+template <typename T>
+inline void copy_row(const T* __restrict__ src, int64_t n, T* __restrict__ dst) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes;
+  int64_t c = 0;
+  for (; c + L <= n; c += L) *reinterpret_cast<V*>(dst + c) = *reinterpret_cast<const V*>(src + c);
+  for (; c < n; ++c) dst[c] = src[c];
+}
+
 // g [cin, cout] += A^T B for np gathered pairs: A [np, cin], B [np, cout], both contiguous.
 template <typename T>
 void tile_outer(const T* A, int64_t cin, const T* B, int64_t cout, int64_t np, T* g) {
@@ -135,46 +145,46 @@ void tile_outer(const T* A, int64_t cin, const T* B, int64_t cout, int64_t np, T
   }
 }
 
-// Work items are (offset k, fixed chunk of output rows): each sums into its own [cin, cout] slot, and the slots
-// of one k are added in chunk order, so the result does not depend on the thread count.
+// Work items are fixed chunks of output rows; a chunk walks its rows in tiles and, per tile, every kernel offset,
+// so the tile's gradient rows and the input rows around them stay in cache across all K offsets (offset-major
+// order would stream all features from memory K times). Each chunk sums into its own [K, cin, cout] slot and
+// the slots are added in chunk order, so the result does not depend on the thread count.
 template <typename T>
 void conv_weight_grad(const T* feats, int64_t n_in, int64_t cin, const T* gout, int64_t cout, const int32_t* nbr,
                       int64_t K, int64_t n_out, T* gw, std::atomic<bool>& bad_map) {
   const int64_t block = cin * cout;
-  // Enough items to balance the threads, but at most kPartialElems partial sums held at once.
+  // Enough chunks to balance the threads, but at most kPartialElems partial sums held at once.
   const int64_t max_chunks = std::max<int64_t>(1, kPartialElems / (K * block));
   const int64_t nchunks = std::clamp<int64_t>((n_out + kChunk - 1) / kChunk, 1, max_chunks);
   const int64_t chunk_rows = (n_out + nchunks - 1) / nchunks;
-  std::vector<T> partial(size_t(K * nchunks * block));
-  parallel_claim(K * nchunks, [&](auto&& claim) {
+  std::vector<T> partial(size_t(nchunks * K * block));
+  parallel_claim(nchunks, [&](auto&& claim) {
     std::vector<T> A(kPairTile * cin), B(kPairTile * cout);
     int32_t pair_in[kPairTile], pair_out[kPairTile];
     bool bad = false;
-    for (int64_t item = claim(); item >= 0; item = claim()) {
-      const int64_t k = item / nchunks, chunk = item % nchunks;
-      const int32_t* row = nbr + k * n_out;
-      T* g = partial.data() + item * block;
-      std::fill(g, g + block, T(0));
+    for (int64_t chunk = claim(); chunk >= 0; chunk = claim()) {
+      T* g = partial.data() + chunk * K * block;
+      std::fill(g, g + K * block, T(0));
       const int64_t end = std::min(n_out, (chunk + 1) * chunk_rows);
       for (int64_t i0 = chunk * chunk_rows; i0 < end; i0 += kPairTile) {
-        const int64_t m = collect_pairs(row, i0, std::min(end, i0 + kPairTile), n_in, pair_in, pair_out, bad);
-        if (m == 0) continue;
-        for (int64_t p = 0; p < m; ++p) {
-          std::copy_n(feats + int64_t(pair_in[p]) * cin, cin, A.data() + p * cin);
-          std::copy_n(gout + int64_t(pair_out[p]) * cout, cout, B.data() + p * cout);
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t m =
+              collect_pairs(nbr + k * n_out, i0, std::min(end, i0 + kPairTile), n_in, pair_in, pair_out, bad);
+          if (m == 0) continue;
+          for (int64_t p = 0; p < m; ++p) {
+            copy_row(feats + int64_t(pair_in[p]) * cin, cin, A.data() + p * cin);
+            copy_row(gout + int64_t(pair_out[p]) * cout, cout, B.data() + p * cout);
+          }
+          tile_outer<T>(A.data(), cin, B.data(), cout, m, g + k * block);
         }
-        tile_outer<T>(A.data(), cin, B.data(), cout, m, g);
       }
     }
     if (bad) bad_map = true;
   });
-  at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      T* dst = gw + k * block;
-      for (int64_t c = 0; c < nchunks; ++c) {
-        const T* src = partial.data() + (k * nchunks + c) * block;
-        for (int64_t e = 0; e < block; ++e) dst[e] += src[e];
-      }
+  at::parallel_for(0, K * block, 4096, [&](int64_t e0, int64_t e1) {
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const T* src = partial.data() + c * K * block;
+      for (int64_t e = e0; e < e1; ++e) gw[e] += src[e];
     }
   });
 }
