@@ -14,7 +14,7 @@ SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h c
 $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH)
-	$(PIP) install numpy pytest ninja pybind11 "setuptools>=64" wheel tqdm matplotlib "laspy>=2.4" lazrs
+	$(PIP) install numpy pytest ninja pybind11 "setuptools>=77" wheel tqdm matplotlib "laspy>=2.4" lazrs
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)

@@ -111,7 +111,8 @@ void outer_block(int nr, const T* a, int64_t lda, const T* b, int64_t ldb, int64
   }
 }
 
-// A short row copy, inlined: a memmove call per gathered row costs more than the copy itself.
+// A short row copy, inlined: a memmove call per gathered row costs more than the copy itself (setup.py builds
+// with -fno-tree-loop-distribute-patterns so GCC does not turn this loop back into that call).
 template <typename T>
 inline void copy_row(const T* __restrict__ src, int64_t n, T* __restrict__ dst) {
   using V = typename Vec<T>::type;
