@@ -9,8 +9,11 @@ AXIS_LIMIT = 1 << 17
 BATCH_LIMIT = 1 << 12
 
 
+_CUDA_BUILT = _C.build_info()["cuda"]
+
+
 def _check_device(t, name):
-    if t.device.type != "cpu" and not _C.build_info()["cuda"]:
+    if t.device.type != "cpu" and not _CUDA_BUILT:
         raise ValueError(f"{name}: on device '{t.device}', but this build of sparseconv has CPU kernels only "
                          "(rebuild with FORCE_CUDA=1 on a machine with nvcc for CUDA)")
 

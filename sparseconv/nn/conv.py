@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import ops
 from .._args import positive_int, triple
-from ..kmap import KernelMap, strided_map, subm_map
+from ..kmap import strided_map, subm_map
 from ..tensor import SparseTensor
 
 MAX_KERNEL = 15  # per axis; csrc/cpu/kmap_cpu.cpp's limit
@@ -183,7 +183,7 @@ class SparseInverseConv3d(_SparseConv):
             raise ValueError(f"indice_key {self.indice_key!r}: the input's sites are not the output sites of the "
                              "SparseConv3d with this key")
         if "inverse" not in rec:
-            rec["inverse"] = KernelMap(entry.kmap.nbr_t, entry.kmap.nbr.shape[1], nbr_t=entry.kmap.nbr)
+            rec["inverse"] = entry.kmap.transposed()
         out = self._apply_map(x, rec["inverse"])
         return SparseTensor._derived(out, rec["coords"], rec["spatial_shape"], x.batch_size, rec["stride"],
                                      x.kmaps, rec["sites"])
