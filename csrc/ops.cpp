@@ -16,6 +16,12 @@ TORCH_LIBRARY(sparseconv, m) {
   m.def("sparse_conv(Tensor feats, Tensor weight, Tensor? bias, Tensor nbr, Tensor? nbr_t) -> Tensor");
   // grad_weight[k] = sum_i feats[nbr[k, i]]^T grad_out[i].
   m.def("sparse_conv_weight_grad(Tensor feats, Tensor grad_out, Tensor nbr) -> Tensor");
+  // Pooling over a strided map: out [M, C] (and, for max, the winning input row per channel, int32 [M, C]).
+  // nbr_t (the transposed map) is only read by backward.
+  m.def("sparse_max_pool(Tensor feats, Tensor nbr, Tensor nbr_t) -> (Tensor, Tensor)");
+  m.def("sparse_max_pool_backward(Tensor grad_out, Tensor argmax, Tensor nbr_t) -> Tensor");
+  m.def("sparse_avg_pool(Tensor feats, Tensor nbr, Tensor nbr_t) -> Tensor");
+  m.def("sparse_avg_pool_backward(Tensor grad_out, Tensor nbr, Tensor nbr_t) -> Tensor");
   // points [P, 3] -> (coords [V, 4] unique, sorted by (x, y, z), batch 0; point_to_voxel int64 [P]).
   m.def("voxelize(Tensor points, float[] voxel_size, float[] origin) -> (Tensor, Tensor)");
 }

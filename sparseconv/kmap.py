@@ -66,3 +66,25 @@ def strided_map(x, kernel_size, stride, padding, dilation):
         )
         entry = x.kmaps[key] = StridedMap(KernelMap(nbr, x.coords.shape[0]), out_coords, out_shape)
     return entry
+
+
+def restrict_inputs(kmap, keep, n_old):
+    """kmap with its input rows restricted to `keep` (int64, ascending) of n_old rows, renumbered 0..len-1:
+    entries that read a dropped row become -1."""
+    old_to_new = torch.full((n_old,), -1, dtype=torch.int32, device=keep.device)
+    old_to_new[keep] = torch.arange(keep.shape[0], dtype=torch.int32, device=keep.device)
+    nbr = torch.where(kmap.nbr >= 0, old_to_new[kmap.nbr.clamp_min(0).long()], kmap.nbr)
+    return KernelMap(nbr.contiguous(), keep.shape[0], nbr_t=kmap.nbr_t.index_select(1, keep).contiguous())
+
+
+def subset_chain(kmaps, sites, ancestor):
+    """The rows of `ancestor`'s sites that `sites` kept (int64, ascending) and the ancestor's row count, when
+    `sites` came from `ancestor` through SparseTopK steps; None otherwise."""
+    keep, n_old = None, None
+    while sites is not ancestor:
+        link = kmaps.get(("subset", sites))
+        if link is None:
+            return None
+        sites, rows, n = link
+        keep, n_old = (rows if keep is None else rows[keep]), n
+    return (keep, n_old) if keep is not None else None

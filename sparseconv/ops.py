@@ -57,3 +57,52 @@ def _sparse_conv_fake(feats, weight, bias, nbr, nbr_t):
 @torch.library.register_fake("sparseconv::sparse_conv_weight_grad")
 def _weight_grad_fake(feats, grad_out, nbr):
     return feats.new_empty(nbr.shape[0], feats.shape[1], grad_out.shape[1])
+
+
+# Pooling: nbr_t is passed to forward only so that backward has it.
+
+
+def sparse_max_pool(feats, nbr, nbr_t):
+    """out[i, c] = max over the active inputs of window i; returns (out, argmax input row int32 [M, C])."""
+    return _ops.sparse_max_pool(feats, nbr, nbr_t)
+
+
+def sparse_avg_pool(feats, nbr, nbr_t):
+    """out[i] = mean of the active inputs of window i."""
+    return _ops.sparse_avg_pool(feats, nbr, nbr_t)
+
+
+def _max_pool_setup(ctx, inputs, output):
+    _, _, nbr_t = inputs
+    ctx.save_for_backward(output[1], nbr_t)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _max_pool_backward(ctx, grad, _grad_argmax):
+    argmax, nbr_t = ctx.saved_tensors
+    return _ops.sparse_max_pool_backward(grad.contiguous(), argmax, nbr_t), None, None
+
+
+def _avg_pool_setup(ctx, inputs, output):
+    _, nbr, nbr_t = inputs
+    ctx.save_for_backward(nbr, nbr_t)
+
+
+def _avg_pool_backward(ctx, grad):
+    nbr, nbr_t = ctx.saved_tensors
+    return _ops.sparse_avg_pool_backward(grad.contiguous(), nbr, nbr_t), None, None
+
+
+torch.library.register_autograd("sparseconv::sparse_max_pool", _max_pool_backward, setup_context=_max_pool_setup)
+torch.library.register_autograd("sparseconv::sparse_avg_pool", _avg_pool_backward, setup_context=_avg_pool_setup)
+
+
+@torch.library.register_fake("sparseconv::sparse_max_pool")
+def _max_pool_fake(feats, nbr, nbr_t):
+    out = feats.new_empty(nbr.shape[1], feats.shape[1])
+    return out, out.new_empty(out.shape, dtype=torch.int32)
+
+
+@torch.library.register_fake("sparseconv::sparse_avg_pool")
+def _avg_pool_fake(feats, nbr, nbr_t):
+    return feats.new_empty(nbr.shape[1], feats.shape[1])

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import ops
 from .._args import positive_int, triple
-from ..kmap import strided_map, subm_map
+from ..kmap import restrict_inputs, strided_map, subm_map, subset_chain
 from ..tensor import SparseTensor
 
 MAX_KERNEL = 15  # per axis; csrc/cpu/kmap_cpu.cpp's limit
@@ -178,15 +178,25 @@ class SparseInverseConv3d(_SparseConv):
             raise ValueError(f"indice_key {self.indice_key!r}: the SparseConv3d had stride={stride}, "
                              f"padding={padding}, dilation={dilation}; this layer was built for "
                              f"{self.expected_geometry}")
-        entry = rec["strided"]
-        if x.sites is not entry.out_sites:
-            raise ValueError(f"indice_key {self.indice_key!r}: the input's sites are not the output sites of the "
-                             "SparseConv3d with this key")
-        if "inverse" not in rec:
-            rec["inverse"] = entry.kmap.transposed()
-        out = self._apply_map(x, rec["inverse"])
+        out = self._apply_map(x, self._inverse_map(rec, x))
         return SparseTensor._derived(out, rec["coords"], rec["spatial_shape"], x.batch_size, rec["stride"],
                                      x.kmaps, rec["sites"])
+
+    def _inverse_map(self, rec, x):
+        """The strided conv's map transposed; restricted to the sites a SparseTopK kept when x is a subset of
+        that conv's output."""
+        key = ("inverse", x.sites)
+        if key not in rec:
+            entry = rec["strided"]
+            inverse = entry.kmap.transposed()
+            if x.sites is not entry.out_sites:
+                subset = subset_chain(x.kmaps, x.sites, entry.out_sites)
+                if subset is None:
+                    raise ValueError(f"indice_key {self.indice_key!r}: the input's sites are not the output sites "
+                                     "of the SparseConv3d with this key (nor a SparseTopK subset of them)")
+                inverse = restrict_inputs(inverse, *subset)
+            rec[key] = inverse
+        return rec[key]
 
     @classmethod
     def from_conv_transpose3d(cls, conv, indice_key):

@@ -1,0 +1,187 @@
+// Sparse max and average pooling over a strided kernel map (output sites by SparseConv3d's rule).
+//
+// Max pooling keeps, per output site and channel, the input row that won (argmax) for backward; average pooling
+// divides by the number of active inputs in the window (inactive sites are not zeros to average in). Both
+// backward passes walk the transposed map, one input row per iteration, so they need no atomics and give the
+// same result for any thread count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "checks.h"
+
+namespace sparseconv {
+namespace {
+
+void check_pool_inputs(const at::Tensor& feats, const at::Tensor& nbr, const at::Tensor& nbr_t) {
+  check_feats(feats, "feats");
+  check_map(nbr, "nbr");
+  check_map(nbr_t, "nbr_t");
+  TORCH_CHECK_VALUE(nbr_t.size(0) == nbr.size(0) && nbr_t.size(1) == feats.size(0), "nbr_t: expected shape [",
+                    nbr.size(0), ", ", feats.size(0), "] (K, input rows), got ", nbr_t.sizes());
+}
+
+template <typename T>
+void max_pool(const T* f, int64_t n_in, int64_t C, const int32_t* nbr, int64_t K, int64_t M, T* out, int32_t* arg,
+              bool& bad) {
+  at::parallel_for(0, M, 256, [&](int64_t i0, int64_t i1) {
+    bool local_bad = false;
+    for (int64_t i = i0; i < i1; ++i) {
+      T* o = out + i * C;
+      int32_t* a = arg + i * C;
+      for (int64_t c = 0; c < C; ++c) {
+        o[c] = -std::numeric_limits<T>::infinity();
+        a[c] = -1;
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t j = nbr[k * M + i];
+        if (j < 0) continue;
+        if (j >= n_in) {
+          local_bad = true;
+          continue;
+        }
+        const T* row = f + int64_t(j) * C;
+        for (int64_t c = 0; c < C; ++c) {
+          // NaN wins and stays, as in torch.nn.functional.max_pool3d.
+          if (row[c] > o[c] || (std::isnan(row[c]) && !std::isnan(o[c])) || a[c] < 0) {
+            o[c] = row[c];
+            a[c] = j;
+          }
+        }
+      }
+      for (int64_t c = 0; c < C; ++c)
+        if (a[c] < 0) o[c] = T(0);  // no active input in the window
+    }
+    if (local_bad) bad = true;
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> sparse_max_pool_cpu(const at::Tensor& feats, const at::Tensor& nbr,
+                                                       const at::Tensor& nbr_t) {
+  check_pool_inputs(feats, nbr, nbr_t);
+  const int64_t K = nbr.size(0), M = nbr.size(1), C = feats.size(1);
+  at::Tensor out = at::empty({M, C}, feats.options());
+  at::Tensor arg = at::empty({M, C}, nbr.options());
+  bool bad = false;
+  AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "sparse_max_pool", [&] {
+    max_pool<scalar_t>(feats.data_ptr<scalar_t>(), feats.size(0), C, nbr.data_ptr<int32_t>(), K, M,
+                       out.data_ptr<scalar_t>(), arg.data_ptr<int32_t>(), bad);
+  });
+  TORCH_CHECK_VALUE(!bad, "nbr: refers to input rows >= feats.size(0) (", feats.size(0), ")");
+  return {out, arg};
+}
+
+at::Tensor sparse_max_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& argmax,
+                                        const at::Tensor& nbr_t) {
+  check_feats(grad_out, "grad_out");
+  check_map(nbr_t, "nbr_t");
+  TORCH_CHECK_VALUE(argmax.sizes() == grad_out.sizes() && argmax.scalar_type() == at::kInt && argmax.is_contiguous(),
+                    "argmax: expected a contiguous int32 tensor of shape ", grad_out.sizes(), ", got ",
+                    argmax.sizes());
+  const int64_t K = nbr_t.size(0), n_in = nbr_t.size(1), M = grad_out.size(0), C = grad_out.size(1);
+  at::Tensor grad_in = at::zeros({n_in, C}, grad_out.options());
+  const int32_t* nt = nbr_t.data_ptr<int32_t>();
+  const int32_t* arg = argmax.data_ptr<int32_t>();
+  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "sparse_max_pool_backward", [&] {
+    const scalar_t* go = grad_out.data_ptr<scalar_t>();
+    scalar_t* gi = grad_in.data_ptr<scalar_t>();
+    at::parallel_for(0, n_in, 256, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t k = 0; k < K; ++k) {
+          const int32_t i = nt[k * n_in + j];
+          if (i < 0 || i >= M) continue;
+          for (int64_t c = 0; c < C; ++c)
+            if (arg[int64_t(i) * C + c] == j) gi[j * C + c] += go[int64_t(i) * C + c];
+        }
+    });
+  });
+  return grad_in;
+}
+
+// Active inputs per output window.
+at::Tensor window_counts(const at::Tensor& nbr) {
+  const int64_t K = nbr.size(0), M = nbr.size(1);
+  at::Tensor count = at::zeros({M}, nbr.options());
+  const int32_t* m = nbr.data_ptr<int32_t>();
+  int32_t* cnt = count.data_ptr<int32_t>();
+  at::parallel_for(0, M, 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t i = i0; i < i1; ++i) cnt[i] += m[k * M + i] >= 0;
+  });
+  return count;
+}
+
+at::Tensor sparse_avg_pool_cpu(const at::Tensor& feats, const at::Tensor& nbr, const at::Tensor& nbr_t) {
+  check_pool_inputs(feats, nbr, nbr_t);
+  const int64_t K = nbr.size(0), M = nbr.size(1), C = feats.size(1), n_in = feats.size(0);
+  at::Tensor out = at::zeros({M, C}, feats.options());
+  const at::Tensor count = window_counts(nbr);
+  bool bad = false;
+  AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "sparse_avg_pool", [&] {
+    const scalar_t* f = feats.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int32_t* m = nbr.data_ptr<int32_t>();
+    const int32_t* cnt = count.data_ptr<int32_t>();
+    at::parallel_for(0, M, 256, [&](int64_t i0, int64_t i1) {
+      bool local_bad = false;
+      for (int64_t i = i0; i < i1; ++i) {
+        for (int64_t k = 0; k < K; ++k) {
+          const int32_t j = m[k * M + i];
+          if (j < 0) continue;
+          if (j >= n_in) {
+            local_bad = true;
+            continue;
+          }
+          for (int64_t c = 0; c < C; ++c) o[i * C + c] += f[int64_t(j) * C + c];
+        }
+        if (cnt[i] > 0)
+          for (int64_t c = 0; c < C; ++c) o[i * C + c] /= scalar_t(cnt[i]);
+      }
+      if (local_bad) bad = true;
+    });
+  });
+  TORCH_CHECK_VALUE(!bad, "nbr: refers to input rows >= feats.size(0) (", feats.size(0), ")");
+  return out;
+}
+
+at::Tensor sparse_avg_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& nbr, const at::Tensor& nbr_t) {
+  check_feats(grad_out, "grad_out");
+  check_map(nbr, "nbr");
+  check_map(nbr_t, "nbr_t");
+  TORCH_CHECK_VALUE(nbr.size(1) == grad_out.size(0) && nbr_t.size(0) == nbr.size(0), "nbr_t: expected the "
+                    "transpose of nbr [", nbr.size(0), ", ", grad_out.size(0), "], got nbr ", nbr.sizes(),
+                    " and nbr_t ", nbr_t.sizes());
+  const int64_t K = nbr_t.size(0), n_in = nbr_t.size(1), M = grad_out.size(0), C = grad_out.size(1);
+  at::Tensor grad_in = at::zeros({n_in, C}, grad_out.options());
+  const at::Tensor count = window_counts(nbr);
+  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "sparse_avg_pool_backward", [&] {
+    const scalar_t* go = grad_out.data_ptr<scalar_t>();
+    scalar_t* gi = grad_in.data_ptr<scalar_t>();
+    const int32_t* nt = nbr_t.data_ptr<int32_t>();
+    const int32_t* cnt = count.data_ptr<int32_t>();
+    at::parallel_for(0, n_in, 256, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t k = 0; k < K; ++k) {
+          const int32_t i = nt[k * n_in + j];
+          if (i < 0 || i >= M) continue;
+          const scalar_t scale = scalar_t(1) / scalar_t(cnt[i]);
+          for (int64_t c = 0; c < C; ++c) gi[j * C + c] += go[int64_t(i) * C + c] * scale;
+        }
+    });
+  });
+  return grad_in;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseconv, CPU, m) {
+  m.impl("sparse_max_pool", &sparse_max_pool_cpu);
+  m.impl("sparse_max_pool_backward", &sparse_max_pool_backward_cpu);
+  m.impl("sparse_avg_pool", &sparse_avg_pool_cpu);
+  m.impl("sparse_avg_pool_backward", &sparse_avg_pool_backward_cpu);
+}
+
+}  // namespace sparseconv
