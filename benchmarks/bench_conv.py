@@ -10,18 +10,22 @@ is importable, for spconv 2.3.8 (the same voxels, the same weights):
 * achieved GFLOP/s (2 * pairs * Cin * Cout per forward, 3x that per forward + backward) next to torch.mm's
   GFLOP/s on a [pairs, Cin] @ [Cin, Cout] product (the same arithmetic as the conv, without gathers or
   scatters) and on a large square product, measured in the same run,
-* peak resident memory (each library runs in its own subprocess, one per scene, so the figures do not mix),
+* peak resident memory over the timed runs (each library runs in its own subprocesses, so figures do not mix),
 * the largest absolute difference between the two libraries' outputs and gradients.
 
 spconv is timed as shipped (peers.py patches only the CUDA-stream call a CPU-only torch needs). Its
 multi-threaded CPU scatter-add races, so the difference is taken against a separate, untimed spconv run with a
 serial scatter-add (exact), and the as-shipped run's distance from that is reported too.
 
-Times are medians of ``--repeats`` runs after ``--warmup`` runs. The script prints the machine facts, a
-markdown table (paste it into the README) and saves a bar chart (``--out-png``). It asserts no time.
+Each scene runs ``--rounds`` rounds, one child process per library per round, the order alternating between
+rounds (sparseconv first in even rounds, spconv first in odd ones) so that a phase of load from elsewhere on
+the machine does not fall on one library only. Every child times ``--repeats`` runs after ``--warmup`` runs;
+times are medians over all rounds x repeats, peak RSS the largest of the rounds, outputs and differences come
+from the first round. The script prints the machine facts, a markdown table (paste it into the README) and
+saves a bar chart (``--out-png``). It asserts no time.
 
     python benchmarks/bench_conv.py                       # 50k and 200k voxels, 2 threads
-    python benchmarks/bench_conv.py --voxels 20000 --repeats 3
+    python benchmarks/bench_conv.py --voxels 20000 --repeats 3 --rounds 2
 """
 
 from __future__ import annotations
@@ -402,6 +406,14 @@ def run_child(args) -> None:
     res["times"]["fwdbwd_cached"] = time_it(fwdbwd, R, W, setup=lambda: runner.with_cache(leaf()))
     res["times"]["fwdbwd_fresh"] = time_it(fwdbwd, R, W, setup=lambda: runner.tensor(leaf()))
 
+    res["pairs"] = runner.pairs()
+    res["rss_start_mib"] = rss_start
+    res["rss_ready_mib"] = rss_ready
+    res["rss_peak_mib"] = rss_peak_mib()  # of the timed runs: later rounds compute no outputs
+    res["rss_peak_is_reset"] = reset
+    if args.only == "spconv":
+        res["omp_threads"] = runner.peers.omp_threads()
+
     def outputs():
         x_feats = leaf()
         out = runner.forward(runner.tensor(x_feats))
@@ -413,24 +425,18 @@ def run_child(args) -> None:
             "grad_bias": runner.bias_grad().detach(),
         }
 
-    # Outputs and gradients for the cross-library comparison (untimed). spconv was timed as shipped, but its
-    # multi-threaded scatter-add races (peers.py), so compare its serial-scatter result, which is exact, and
-    # record how far the as-shipped result is from it.
-    if args.only == "spconv":
-        res["omp_threads"] = runner.peers.omp_threads()
-        with runner.peers.serial_scatter():
+    # Outputs and gradients for the cross-library comparison (untimed; first round only). spconv was timed
+    # as shipped, but its multi-threaded scatter-add races (peers.py), so compare its serial-scatter result,
+    # which is exact, and record how far the as-shipped result is from it.
+    if args.out_tensors:
+        if args.only == "spconv":
+            with runner.peers.serial_scatter():
+                ref = outputs()
+            shipped = outputs()
+            res["race_max_abs_diff"] = {k: float((shipped[k] - ref[k]).abs().max()) for k in ref}
+        else:
             ref = outputs()
-        shipped = outputs()
-        res["race_max_abs_diff"] = {k: float((shipped[k] - ref[k]).abs().max()) for k in ref}
-    else:
-        ref = outputs()
-    torch.save(ref, args.out_tensors)
-
-    res["pairs"] = runner.pairs()
-    res["rss_start_mib"] = rss_start
-    res["rss_ready_mib"] = rss_ready
-    res["rss_peak_mib"] = rss_peak_mib()
-    res["rss_peak_is_reset"] = reset
+        torch.save(ref, args.out_tensors)
     Path(args.result).write_text(json.dumps(res))
 
 
@@ -498,7 +504,7 @@ def run_parent(args) -> int:
     for lib, why in libs.items():
         if why is not None:
             print(f"[bench] {lib} skipped: {why}", file=sys.stderr)
-    usable = [lib for lib, why in libs.items() if why is None]
+    usable = [lib for lib in LIBS if lib in libs and libs[lib] is None]  # round 0: sparseconv first
     if not usable:
         print("[bench] no library to measure", file=sys.stderr)
         return 1
@@ -518,31 +524,22 @@ def run_parent(args) -> int:
         scenes = []
         for target in tqdm(args.voxels, desc="scenes", file=sys.stderr):
             scenes.append(prepare(target, args, workdir))
-        jobs = [(s, lib) for s in scenes for lib in usable]
+        # Each round runs one child per library, the order alternating between rounds (a phase of load from
+        # elsewhere then falls on both libraries); only round 0 saves outputs for the differences.
+        jobs = [
+            (s, rnd, lib) for s in scenes for rnd in range(args.rounds) for lib in usable[:: (-1) ** rnd]
+        ]
         bar = tqdm(jobs, desc="runs", file=sys.stderr)
-        for s, lib in bar:
+        for s, rnd, lib in bar:
             if hasattr(bar, "set_postfix_str"):
-                bar.set_postfix_str(f"{lib} {s['voxels']} voxels")
-            res_path = workdir / f"res_{lib}_{s['target']}.json"
+                bar.set_postfix_str(f"{lib} {s['voxels']} voxels, round {rnd}")
+            res_path = workdir / f"res_{lib}_{s['target']}_{rnd}.json"
             out_path = workdir / f"out_{lib}_{s['target']}.pt"
-            cmd = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--only",
-                lib,
-                "--data",
-                s["path"],
-                "--result",
-                str(res_path),
-                "--out-tensors",
-                str(out_path),
-                "--threads",
-                str(args.threads),
-                "--repeats",
-                str(args.repeats),
-                "--warmup",
-                str(args.warmup),
-            ]
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--only", lib, "--data", s["path"]]
+            cmd += ["--result", str(res_path), "--threads", str(args.threads)]
+            cmd += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+            if rnd == 0:
+                cmd += ["--out-tensors", str(out_path)]
             if args.wait_idle > 0:
                 wait_idle(args.wait_idle)
             b0, c0, w0 = cpu_busy_s(), children_cpu_s(), time.perf_counter()
@@ -550,25 +547,44 @@ def run_parent(args) -> int:
             # Cores other processes kept busy meanwhile (this one only waits): timings are not trustworthy
             # when that is high, since spinning OpenMP barriers wait for descheduled threads.
             other = max(0.0, ((cpu_busy_s() - b0) - (children_cpu_s() - c0)) / (time.perf_counter() - w0))
+            runs = s.setdefault("runs", {})
             if p.returncode != 0:
                 print(
-                    f"[bench] {lib} on {s['voxels']} voxels failed (exit {p.returncode}):\n"
+                    f"[bench] {lib} on {s['voxels']} voxels (round {rnd}) failed (exit {p.returncode}):\n"
                     f"{p.stderr[-3000:]}",
                     file=sys.stderr,
                 )
-                s.setdefault("runs", {})[lib] = {"error": p.stderr.strip().splitlines()[-1:]}
+                runs[lib] = {"error": p.stderr.strip().splitlines()[-1:]}
                 continue
-            r = json.loads(res_path.read_text())
-            r["median_s"] = {k: median(v) for k, v in r["times"].items()}
-            r["other_load_cores"] = other
+            if "error" in runs.get(lib, {}):
+                continue  # an earlier round failed: keep the library marked failed
             if other > 0.2:
                 print(
                     f"[bench] warning: other processes kept {other:.2f} cores busy during the {lib} run on "
-                    f"{s['voxels']} voxels: its timings are unreliable (use --wait-idle, or a quiet machine)",
+                    f"{s['voxels']} voxels (round {rnd}): its timings are unreliable (use --wait-idle, or a "
+                    "quiet machine)",
                     file=sys.stderr,
                 )
-            s.setdefault("runs", {})[lib] = r
-            s.setdefault("outputs", {})[lib] = str(out_path)
+            r = json.loads(res_path.read_text())
+            r["other_load_cores"] = other
+            r["round_median_s"] = [{k: median(v) for k, v in r["times"].items()}]
+            r["round_other_load_cores"] = [other]
+            if rnd == 0:
+                runs[lib] = r
+                s.setdefault("outputs", {})[lib] = str(out_path)
+                continue
+            m = runs[lib]  # merge: all timings, the largest peak RSS growth and other-process load
+            for k, v in r["times"].items():
+                m["times"][k] += v
+            m["round_median_s"] += r["round_median_s"]
+            m["round_other_load_cores"].append(other)
+            m["other_load_cores"] = max(m["other_load_cores"], other)
+            if r["rss_peak_mib"] - r["rss_start_mib"] > m["rss_peak_mib"] - m["rss_start_mib"]:
+                m.update({k: r[k] for k in ("rss_start_mib", "rss_ready_mib", "rss_peak_mib")})
+        for s in scenes:
+            for r in s.get("runs", {}).values():
+                if "times" in r:
+                    r["median_s"] = {k: median(v) for k, v in r["times"].items()}
         # Cross-library differences.
         for s in scenes:
             outs = s.pop("outputs", {})
@@ -627,7 +643,8 @@ def report(results: dict, args) -> None:
         "(timings are only meaningful near 0: spinning OpenMP barriers stall when a core is taken)"
     )
     print(
-        f"- medians of {args.repeats} runs after {args.warmup} warm-up; scenes: "
+        f"- medians of {args.rounds} rounds x {args.repeats} runs (each after {args.warmup} warm-up), "
+        "libraries alternating (one process per library per round, the order swapped every round); scenes: "
         f"`sparseconv.data.lidar_scene(N, voxel_size={args.voxel_size}, seed={args.seed})`\n"
     )
 
@@ -668,12 +685,12 @@ def report(results: dict, args) -> None:
         if both:
             a, b = (runs[lib]["rss_peak_mib"] - runs[lib]["rss_start_mib"] for lib in LIBS)
             ratio = [f"{a / b:.2f}x" if b > 0 else "n/a"]
-        rows.append(["peak RSS (growth over imports + data)"] + rss + ratio)
+        rows.append(["peak RSS, largest round (growth over imports + data)"] + rss + ratio)
         busy = [
             f"{runs[lib]['other_load_cores']:.2f} cores" if "other_load_cores" in runs.get(lib, {}) else "n/a"
             for lib in libs
         ]
-        rows.append(["CPU used by other processes meanwhile"] + busy + ([""] if both else []))
+        rows.append(["CPU used by other processes meanwhile (most in a round)"] + busy + [""] * both)
         pair_cells = [f"{runs[lib]['pairs']:,}" if "pairs" in runs.get(lib, {}) else "n/a" for lib in libs]
         rows.append(["kernel-map pairs"] + pair_cells + ([""] if both else []))
         rows.append(
@@ -784,7 +801,10 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--voxels", type=int, nargs="+", default=[50000, 200000], help="scene sizes (active voxels)"
     )
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per measure (median reported)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per measure per round")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="rounds per scene, libraries alternating (median over all runs)"
+    )
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every library")
     ap.add_argument("--channels", type=int, nargs=2, default=[32, 32], metavar=("CIN", "COUT"))
@@ -813,8 +833,8 @@ def main(argv=None) -> int:
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--out-tensors", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
-        ap.error("--repeats and --threads must be >= 1, --warmup >= 0")
+    if min(args.repeats, args.rounds, args.threads) < 1 or args.warmup < 0:
+        ap.error("--repeats, --rounds and --threads must be >= 1, --warmup >= 0")
     if args.only:
         run_child(args)
         return 0

@@ -1,5 +1,6 @@
-"""Data helpers: generated LiDAR scenes (and, from sparseconv's core, voxelization)."""
+"""Data helpers: generated LiDAR scenes and generated scanned shapes (voxelization is sparseconv.voxelize)."""
 
+from . import shapes
 from .scenes import CLASS_NAMES, lidar_scene
 
-__all__ = ["CLASS_NAMES", "lidar_scene"]
+__all__ = ["CLASS_NAMES", "lidar_scene", "shapes"]
