@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -24,9 +25,24 @@ void check_pool_inputs(const at::Tensor& feats, const at::Tensor& nbr, const at:
                     nbr.size(0), ", ", feats.size(0), "] (K, input rows), got ", nbr_t.sizes());
 }
 
+// Calls fn(j) for every active input row j of window i; rows >= n_in (a map of other features) set `bad`.
+template <typename F>
+inline void for_window_inputs(const int32_t* nbr, int64_t K, int64_t M, int64_t i, int64_t n_in, bool& bad,
+                              F&& fn) {
+  for (int64_t k = 0; k < K; ++k) {
+    const int32_t j = nbr[k * M + i];
+    if (j < 0) continue;
+    if (j >= n_in) {
+      bad = true;
+      continue;
+    }
+    fn(int64_t(j));
+  }
+}
+
 template <typename T>
 void max_pool(const T* f, int64_t n_in, int64_t C, const int32_t* nbr, int64_t K, int64_t M, T* out, int32_t* arg,
-              bool& bad) {
+              std::atomic<bool>& bad) {
   at::parallel_for(0, M, 256, [&](int64_t i0, int64_t i1) {
     bool local_bad = false;
     for (int64_t i = i0; i < i1; ++i) {
@@ -36,22 +52,16 @@ void max_pool(const T* f, int64_t n_in, int64_t C, const int32_t* nbr, int64_t K
         o[c] = -std::numeric_limits<T>::infinity();
         a[c] = -1;
       }
-      for (int64_t k = 0; k < K; ++k) {
-        const int32_t j = nbr[k * M + i];
-        if (j < 0) continue;
-        if (j >= n_in) {
-          local_bad = true;
-          continue;
-        }
-        const T* row = f + int64_t(j) * C;
+      for_window_inputs(nbr, K, M, i, n_in, local_bad, [&](int64_t j) {
+        const T* row = f + j * C;
         for (int64_t c = 0; c < C; ++c) {
           // NaN wins and stays, as in torch.nn.functional.max_pool3d.
           if (row[c] > o[c] || (std::isnan(row[c]) && !std::isnan(o[c])) || a[c] < 0) {
             o[c] = row[c];
-            a[c] = j;
+            a[c] = int32_t(j);
           }
         }
-      }
+      });
       for (int64_t c = 0; c < C; ++c)
         if (a[c] < 0) o[c] = T(0);  // no active input in the window
     }
@@ -65,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_max_pool_cpu(const at::Tensor& feats, 
   const int64_t K = nbr.size(0), M = nbr.size(1), C = feats.size(1);
   at::Tensor out = at::empty({M, C}, feats.options());
   at::Tensor arg = at::empty({M, C}, nbr.options());
-  bool bad = false;
+  std::atomic<bool> bad{false};
   AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "sparse_max_pool", [&] {
     max_pool<scalar_t>(feats.data_ptr<scalar_t>(), feats.size(0), C, nbr.data_ptr<int32_t>(), K, M,
                        out.data_ptr<scalar_t>(), arg.data_ptr<int32_t>(), bad);
@@ -119,7 +129,7 @@ at::Tensor sparse_avg_pool_cpu(const at::Tensor& feats, const at::Tensor& nbr, c
   const int64_t K = nbr.size(0), M = nbr.size(1), C = feats.size(1), n_in = feats.size(0);
   at::Tensor out = at::zeros({M, C}, feats.options());
   const at::Tensor count = window_counts(nbr);
-  bool bad = false;
+  std::atomic<bool> bad{false};
   AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "sparse_avg_pool", [&] {
     const scalar_t* f = feats.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -128,15 +138,9 @@ at::Tensor sparse_avg_pool_cpu(const at::Tensor& feats, const at::Tensor& nbr, c
     at::parallel_for(0, M, 256, [&](int64_t i0, int64_t i1) {
       bool local_bad = false;
       for (int64_t i = i0; i < i1; ++i) {
-        for (int64_t k = 0; k < K; ++k) {
-          const int32_t j = m[k * M + i];
-          if (j < 0) continue;
-          if (j >= n_in) {
-            local_bad = true;
-            continue;
-          }
-          for (int64_t c = 0; c < C; ++c) o[i * C + c] += f[int64_t(j) * C + c];
-        }
+        for_window_inputs(m, K, M, i, n_in, local_bad, [&](int64_t j) {
+          for (int64_t c = 0; c < C; ++c) o[i * C + c] += f[j * C + c];
+        });
         if (cnt[i] > 0)
           for (int64_t c = 0; c < C; ++c) o[i * C + c] /= scalar_t(cnt[i]);
       }
