@@ -106,3 +106,18 @@ def _max_pool_fake(feats, nbr, nbr_t):
 @torch.library.register_fake("sparseconv::sparse_avg_pool")
 def _avg_pool_fake(feats, nbr, nbr_t):
     return feats.new_empty(nbr.shape[1], feats.shape[1])
+
+
+@torch.library.register_fake("sparseconv::sparse_max_pool_backward")
+def _max_pool_backward_fake(grad_out, argmax, nbr_t):
+    return grad_out.new_empty(nbr_t.shape[1], grad_out.shape[1])
+
+
+@torch.library.register_fake("sparseconv::sparse_avg_pool_backward")
+def _avg_pool_backward_fake(grad_out, nbr, nbr_t):
+    return grad_out.new_empty(nbr_t.shape[1], grad_out.shape[1])
+
+
+@torch.library.register_fake("sparseconv::invert_map")
+def _invert_map_fake(nbr, n_in):
+    return nbr.new_empty(nbr.shape[0], n_in)

@@ -1,0 +1,45 @@
+"""torch.library.opcheck on the operators with fixed output shapes: schema, fake kernels, autograd registration."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import sparseconv  # noqa: F401
+
+ops = torch.ops.sparseconv
+f64 = torch.float64
+
+
+def _case():
+    g = torch.Generator().manual_seed(0)
+    c = torch.randint(0, 6, (40, 4), generator=g, dtype=torch.int32)
+    c[:, 0] %= 2
+    c = torch.unique(c, dim=0).contiguous()
+    n = c.shape[0]
+    nbr = ops.build_subm_map(c, [3, 3, 3], [1, 1, 1])
+    _, snbr = ops.build_strided_map(c, [6, 6, 6], [2, 2, 2], [2, 2, 2], [0, 0, 0], [1, 1, 1])
+    snt = ops.invert_map(snbr, n)
+    f = torch.randn(n, 3, dtype=f64, generator=g, requires_grad=True)
+    return n, nbr, snbr, snt, f, g
+
+
+def _cases():
+    n, nbr, snbr, snt, f, g = _case()
+    w = torch.randn(27, 3, 4, dtype=f64, generator=g, requires_grad=True)
+    w8 = torch.randn(8, 3, 4, dtype=f64, generator=g, requires_grad=True)
+    b = torch.randn(4, dtype=f64, generator=g, requires_grad=True)
+    return {
+        "sparse_conv_subm": (ops.sparse_conv, (f, w, b, nbr, None)),
+        "sparse_conv_strided": (ops.sparse_conv, (f, w8, None, snbr, snt)),
+        "sparse_conv_weight_grad": (ops.sparse_conv_weight_grad, (f.detach(), torch.randn(n, 4, dtype=f64), nbr)),
+        "sparse_max_pool": (ops.sparse_max_pool, (f, snbr, snt)),
+        "sparse_avg_pool": (ops.sparse_avg_pool, (f, snbr, snt)),
+        "invert_map": (ops.invert_map, (snbr, n)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_cases()))
+def test_opcheck(name):
+    op, args = _cases()[name]
+    opcheck(op, args)
