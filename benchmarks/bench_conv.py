@@ -200,6 +200,23 @@ def voxelize_scene(points, voxel_size):
         return torch.from_numpy(coords), tuple(int(v) for v in q.max(0) + 1), f"numpy ({type(e).__name__})"
 
 
+def make_data(coords, spatial_shape, cin: int, cout: int, seed: int) -> dict:
+    """The inputs every library gets for one scene: features, weights [k0, k1, k2, Cin, Cout], bias, grad_out."""
+    import torch
+
+    n = coords.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "coords": coords,
+        "spatial_shape": spatial_shape,
+        "batch_size": 1,
+        "feats": torch.randn(n, cin, generator=g),
+        "weight": torch.randn(3, 3, 3, cin, cout, generator=g) / (27 * cin) ** 0.5,  # [k0, k1, k2, Cin, Cout]
+        "bias": torch.randn(cout, generator=g) * 0.1,
+        "grad_out": torch.randn(n, cout, generator=g),
+    }
+
+
 def prepare(target: int, args, workdir: Path) -> dict:
     import numpy as np  # noqa: F401
     import torch
@@ -221,17 +238,8 @@ def prepare(target: int, args, workdir: Path) -> dict:
     coords, spatial_shape, how = voxelize_scene(points, args.voxel_size)
     t_vox = time.perf_counter() - t0
     n = coords.shape[0]
-    g = torch.Generator().manual_seed(args.seed)
     cin, cout = args.channels
-    data = {
-        "coords": coords,
-        "spatial_shape": spatial_shape,
-        "batch_size": 1,
-        "feats": torch.randn(n, cin, generator=g),
-        "weight": torch.randn(3, 3, 3, cin, cout, generator=g) / (27 * cin) ** 0.5,  # [k0, k1, k2, Cin, Cout]
-        "bias": torch.randn(cout, generator=g) * 0.1,
-        "grad_out": torch.randn(n, cout, generator=g),
-    }
+    data = make_data(coords, spatial_shape, cin, cout, args.seed)
     path = workdir / f"scene_{target}.pt"
     torch.save(data, path)
     return {
@@ -254,7 +262,8 @@ def prepare(target: int, args, workdir: Path) -> dict:
 class SparseconvRunner:
     name = "sparseconv"
 
-    def __init__(self, d):
+    def __init__(self, d, device="cpu"):
+        """d: the scene's tensors (make_data), already on `device`."""
         import torch
 
         import sparseconv
@@ -263,7 +272,7 @@ class SparseconvRunner:
         self.torch, self.sc = torch, sparseconv
         self.d = d
         cin, cout = d["weight"].shape[3], d["weight"].shape[4]
-        self.conv = spnn.SubMConv3d(cin, cout, 3, bias=True)
+        self.conv = spnn.SubMConv3d(cin, cout, 3, bias=True).to(device)
         with torch.no_grad():
             self.conv.weight.copy_(d["weight"])
             self.conv.bias.copy_(d["bias"])
@@ -309,7 +318,8 @@ class SparseconvRunner:
 class SpconvRunner:
     name = "spconv"
 
-    def __init__(self, d):
+    def __init__(self, d, device="cpu"):
+        """d: the scene's tensors (make_data), already on `device`."""
         import peers
         import torch
 
@@ -318,7 +328,7 @@ class SpconvRunner:
             raise RuntimeError(f"spconv is not importable: {peers.spconv_error()}")
         self.d = d
         self.layer = peers.SpconvSubM(d["weight"], d["bias"])
-        self.conv = self.layer.conv
+        self.conv = self.layer.conv.to(device)
         self.coords = d["coords"].to(torch.int32).contiguous()
         self.indice_dict = self.build_map()
 
