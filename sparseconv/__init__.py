@@ -6,6 +6,8 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C
 from . import ops  # noqa: F401  (registers autograd and fake kernels)
+from .data_loading import collate
+from .determinism import is_deterministic, set_deterministic
 from .tensor import SparseTensor, sparse_collate
 from .voxelize import devoxelize, voxelize
 
@@ -21,4 +23,5 @@ def build_info():
 
 from . import nn  # noqa: E402
 
-__all__ = ["SparseTensor", "sparse_collate", "voxelize", "devoxelize", "build_info", "nn", "ops"]
+__all__ = ["SparseTensor", "sparse_collate", "voxelize", "devoxelize", "build_info", "nn", "ops",
+           "collate", "set_deterministic", "is_deterministic"]

@@ -4,7 +4,7 @@ A SparseTensor carries `sites` (a token naming its coordinate set) and `kmaps` (
 the sites (submanifold convs, activations, norms) pass both on; a strided conv makes new sites, cached under its
 geometry so that a second layer with the same geometry on the same input gets the same sites and maps back.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -40,7 +40,16 @@ class StridedMap:
     kmap: KernelMap
     out_coords: torch.Tensor
     out_shape: tuple
-    out_sites: object = field(default_factory=object)
+    out_sites: int
+
+
+def new_sites(kmaps):
+    """A fresh site-set token for the cache `kmaps`: a plain int counted per cache (the input's sites are 0).
+    Plain ints keep every cache key a hashable constant that torch.compile can compare (object() tokens made
+    Dynamo give up on the lookup), and the same network hands out the same numbers for every batch, so compiled
+    code's guards on them keep holding."""
+    n = kmaps["sites"] = kmaps.get("sites", 0) + 1
+    return n
 
 
 def subm_map(x, kernel_size, dilation):
@@ -64,7 +73,8 @@ def strided_map(x, kernel_size, stride, padding, dilation):
             (s + 2 * p - d * (k - 1) - 1) // st + 1
             for s, k, st, p, d in zip(x.spatial_shape, kernel_size, stride, padding, dilation)
         )
-        entry = x.kmaps[key] = StridedMap(KernelMap(nbr, x.coords.shape[0]), out_coords, out_shape)
+        entry = x.kmaps[key] = StridedMap(KernelMap(nbr, x.coords.shape[0]), out_coords, out_shape,
+                                          new_sites(x.kmaps))
     return entry
 
 
@@ -81,7 +91,7 @@ def subset_chain(kmaps, sites, ancestor):
     """The rows of `ancestor`'s sites that `sites` kept (int64, ascending) and the ancestor's row count, when
     `sites` came from `ancestor` through SparseTopK steps; None otherwise."""
     keep, n_old = None, None
-    while sites is not ancestor:
+    while sites != ancestor:
         link = kmaps.get(("subset", sites))
         if link is None:
             return None

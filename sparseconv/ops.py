@@ -2,6 +2,8 @@
 
 Kernel maps are int32 [K, N_out] tensors: nbr[k, i] is the input row kernel offset k reads at output i, or -1.
 """
+import math
+
 import torch
 
 from . import _C  # noqa: F401  (loads the TORCH_LIBRARY registrations)
@@ -10,8 +12,23 @@ _ops = torch.ops.sparseconv
 
 build_subm_map = _ops.build_subm_map
 build_strided_map = _ops.build_strided_map
-invert_map = _ops.invert_map
 sparse_conv_weight_grad = _ops.sparse_conv_weight_grad
+
+
+@torch.library.custom_op("sparseconv::invert_map_sym", mutates_args=())
+def invert_map(nbr: torch.Tensor, n_in: int) -> torch.Tensor:
+    """nbr_t [K, n_in] with nbr_t[k, j] = i where nbr[k, i] = j, or -1.
+
+    The C++ schema declares `int n_in`, which torch.compile must specialise (a recompile per input size) and
+    cannot pass at all when n_in is the data-dependent site count of a strided map built in the graph; this
+    wrapper's schema says `SymInt n_in`. It can go once csrc/ops.cpp declares SymInt there.
+    """
+    return _ops.invert_map(nbr, n_in)
+
+
+@invert_map.register_fake
+def _invert_map_sym_fake(nbr, n_in):
+    return nbr.new_empty(nbr.shape[0], n_in)
 
 
 def sparse_conv(feats, weight, bias, nbr, nbr_t):
@@ -121,3 +138,45 @@ def _avg_pool_backward_fake(grad_out, nbr, nbr_t):
 @torch.library.register_fake("sparseconv::invert_map")
 def _invert_map_fake(nbr, n_in):
     return nbr.new_empty(nbr.shape[0], n_in)
+
+
+# Kernel-map builders and voxelize. Their integer outputs carry no gradient. The number of output sites of a
+# strided map (and of voxels) depends on the coordinates' values, so the fake kernels return an unbacked size
+# from the fake context: torch.compile then traces through them when
+# torch._dynamo.config.capture_dynamic_output_shape_ops is set and breaks the graph there otherwise. The size
+# is at least 1 for a non-empty input; saying so spares later ops (batch_norm's empty-input check) from guarding
+# on the unknown size, which would break the graph again.
+
+
+def _nonempty_size(n_in):
+    # statically_known_true: no guard, so an unknown (data-dependent) n_in just gives min 0. Imported here: the
+    # module is loaded whenever a fake kernel runs, and costs a second or two at `import sparseconv`.
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    return torch.library.get_ctx().new_dynamic_size(min=1 if statically_known_true(n_in > 0) else 0)
+
+
+@torch.library.register_fake("sparseconv::build_subm_map")
+def _subm_map_fake(coords, kernel_size, dilation):
+    return coords.new_empty(math.prod(kernel_size), coords.shape[0])
+
+
+@torch.library.register_fake("sparseconv::build_strided_map")
+def _strided_map_fake(coords, spatial_shape, kernel_size, stride, padding, dilation):
+    m = _nonempty_size(coords.shape[0])
+    return coords.new_empty(m, 4), coords.new_empty(math.prod(kernel_size), m)
+
+
+@torch.library.register_fake("sparseconv::voxelize")
+def _voxelize_fake(points, voxel_size, origin):
+    v = _nonempty_size(points.shape[0])
+    return points.new_empty(v, 4, dtype=torch.int32), points.new_empty(points.shape[0], dtype=torch.int64)
+
+
+# Mixed precision. The CPU kernels take float32 and float64 only (AT_DISPATCH_FLOATING_TYPES), so under
+# torch.autocast("cpu", dtype=torch.bfloat16 or torch.float16) these operators run in float32, like the ops on
+# autocast's float32 list: lower-precision float inputs are cast up (float64 is left alone), outputs are
+# float32, and the casts' backward returns gradients in the inputs' dtypes.
+for _name in ("sparse_conv", "sparse_conv_weight_grad", "sparse_max_pool", "sparse_max_pool_backward",
+              "sparse_avg_pool", "sparse_avg_pool_backward"):
+    torch.library.register_autocast(f"sparseconv::{_name}", "cpu", torch.float32)

@@ -74,7 +74,7 @@ class SparseTensor:
                 shape = torch.tensor(spatial_shape, dtype=torch.int32, device=coords.device)
                 i, row = _first_row(coords, (coords[:, 1:] >= shape).any(1))
                 raise ValueError(f"coords: row {i} {row} lies outside spatial_shape {spatial_shape}")
-        self._set(feats.contiguous(), coords, spatial_shape, batch_size, triple(stride, "stride", 1), {}, object())
+        self._set(feats.contiguous(), coords, spatial_shape, batch_size, triple(stride, "stride", 1), {}, 0)
 
     def _set(self, feats, coords, spatial_shape, batch_size, stride, kmaps, sites):
         self.feats = feats
@@ -107,7 +107,21 @@ class SparseTensor:
             return self.replace(feats)
         _check_device(feats, "device")
         coords = self.coords.to(feats.device)
-        return SparseTensor._derived(feats, coords, self.spatial_shape, self.batch_size, self.stride, {}, object())
+        return SparseTensor._derived(feats, coords, self.spatial_shape, self.batch_size, self.stride, {}, 0)
+
+    def pin_memory(self):
+        """feats and coords in page-locked memory (what DataLoader(pin_memory=True) calls); the cache is left
+        behind. Needs an accelerator build of torch, as torch.Tensor.pin_memory does."""
+        return SparseTensor._derived(self.feats.pin_memory(), self.coords.pin_memory(), self.spatial_shape,
+                                     self.batch_size, self.stride, {}, 0)
+
+    # Pickling (torch.save, DataLoader workers, DDP spawn) keeps the data but not the kernel-map cache: maps are
+    # rebuilt on first use, can be far larger than the features, and belong to the process that built them.
+    def __getstate__(self):
+        return self.feats, self.coords, self.spatial_shape, self.batch_size, self.stride
+
+    def __setstate__(self, state):
+        self._set(*state, {}, 0)
 
     @property
     def device(self):
@@ -144,6 +158,11 @@ class SparseTensor:
         active = (channels_last != 0).any(-1)
         coords = torch.nonzero(active).to(torch.int32)
         return cls(channels_last[active], coords, tuple(t.shape[2:]), t.shape[0], stride)
+
+
+# torch.load defaults to weights_only=True, which refuses classes it does not know; a SparseTensor holds only
+# tensors, ints and tuples, so it is safe to allow.
+torch.serialization.add_safe_globals([SparseTensor])
 
 
 def sparse_collate(tensors):

@@ -1,4 +1,4 @@
-"""torch.library.opcheck on the operators with fixed output shapes: schema, fake kernels, autograd registration."""
+"""torch.library.opcheck on every operator: schema, fake kernels (data-dependent sizes included), autograd."""
 from __future__ import annotations
 
 import pytest
@@ -21,11 +21,11 @@ def _case():
     _, snbr = ops.build_strided_map(c, [6, 6, 6], [2, 2, 2], [2, 2, 2], [0, 0, 0], [1, 1, 1])
     snt = ops.invert_map(snbr, n)
     f = torch.randn(n, 3, dtype=f64, generator=g, requires_grad=True)
-    return n, nbr, snbr, snt, f, g
+    return c, n, nbr, snbr, snt, f, g
 
 
 def _cases():
-    n, nbr, snbr, snt, f, g = _case()
+    c, n, nbr, snbr, snt, f, g = _case()
     w = torch.randn(27, 3, 4, dtype=f64, generator=g, requires_grad=True)
     w8 = torch.randn(8, 3, 4, dtype=f64, generator=g, requires_grad=True)
     b = torch.randn(4, dtype=f64, generator=g, requires_grad=True)
@@ -36,6 +36,16 @@ def _cases():
         "sparse_max_pool": (ops.sparse_max_pool, (f, snbr, snt)),
         "sparse_avg_pool": (ops.sparse_avg_pool, (f, snbr, snt)),
         "invert_map": (ops.invert_map, (snbr, n)),
+        "invert_map_sym": (ops.invert_map_sym, (snbr, n)),
+        "sparse_max_pool_backward": (ops.sparse_max_pool_backward,
+                                     (torch.randn(snbr.shape[1], 3, dtype=f64, generator=g),
+                                      ops.sparse_max_pool(f.detach(), snbr, snt)[1], snt)),
+        "sparse_avg_pool_backward": (ops.sparse_avg_pool_backward,
+                                     (torch.randn(snbr.shape[1], 3, dtype=f64, generator=g), snbr, snt)),
+        "build_subm_map": (ops.build_subm_map, (c, [3, 3, 3], [1, 1, 1])),
+        "build_subm_map_even": (ops.build_subm_map, (c, [2, 3, 4], [1, 2, 1])),
+        "build_strided_map": (ops.build_strided_map, (c, [6, 6, 6], [3, 3, 3], [2, 2, 2], [1, 1, 1], [1, 1, 1])),
+        "voxelize": (ops.voxelize, (torch.rand(50, 3, dtype=f64, generator=g) * 4, [1.0, 0.5, 1.0], [0.0] * 3)),
     }
 
 
@@ -43,3 +53,9 @@ def _cases():
 def test_opcheck(name):
     op, args = _cases()[name]
     opcheck(op, args)
+
+
+def test_every_operator_is_checked():
+    names = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("sparseconv::")}
+    checked = {op.__name__.split(".")[0] for op, _ in _cases().values()}
+    assert names == checked, names ^ checked

@@ -42,7 +42,7 @@ class VoxelClassifier(nn.Module):
         self.head = nn.Sequential(
             snn.ToDense((grid,) * 3),
             nn.Conv3d(cin, dense_channels, 3, padding=1, bias=False),
-            nn.BatchNorm3d(dense_channels),
+            snn.BatchNorm3d(dense_channels),  # nn.BatchNorm3d that follows sparseconv.set_deterministic
             nn.ReLU(),
             nn.MaxPool3d(2),
             nn.Flatten(),

@@ -2,6 +2,7 @@
 from .bridge import ToDense, ToSparse
 from .conv import SparseConv3d, SparseInverseConv3d, SubMConv3d
 from .modules import (
+    BatchNorm3d,
     SparseBatchNorm,
     SparseDropout,
     SparseELU,
@@ -21,5 +22,5 @@ __all__ = [
     "SparseMaxPool3d", "SparseAvgPool3d", "GlobalMaxPool", "GlobalAvgPool",
     "SparseBatchNorm", "SparseReLU", "SparseLeakyReLU", "SparseELU", "SparseGELU", "SparseSiLU", "SparseSigmoid",
     "SparseDropout", "SparseFeatureWise", "SparseSequential",
-    "SparseTopK", "ToDense", "ToSparse",
+    "SparseTopK", "ToDense", "ToSparse", "BatchNorm3d",
 ]

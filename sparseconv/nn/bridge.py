@@ -1,4 +1,5 @@
 """The bridge to dense layers: run sparse while the grid is large and sparse, dense once it is small."""
+import torch
 from torch import nn
 
 from .._args import triple
@@ -22,10 +23,12 @@ class ToDense(nn.Module):
         X, Y, Z = self.spatial_shape
         c = x.coords.long()
         inside = (c[:, 1] < X) & (c[:, 2] < Y) & (c[:, 3] < Z)
-        c, feats = c[inside], x.feats[inside]
-        out = feats.new_zeros(x.batch_size, X, Y, Z, feats.shape[1])
-        out = out.index_put((c[:, 0], c[:, 1], c[:, 2], c[:, 3]), feats)
-        return out.permute(0, 4, 1, 2, 3)
+        # Cropped sites are written to one extra row that is dropped, rather than masked out: a boolean mask
+        # would give a data-dependent row count, which breaks torch.compile's graph.
+        cells = x.batch_size * X * Y * Z
+        row = torch.where(inside, ((c[:, 0] * X + c[:, 1]) * Y + c[:, 2]) * Z + c[:, 3], cells)
+        out = x.feats.new_zeros(cells + 1, x.feats.shape[1]).index_put((row,), x.feats)
+        return out[:cells].view(x.batch_size, X, Y, Z, -1).permute(0, 4, 1, 2, 3)
 
 
 class ToSparse(nn.Module):

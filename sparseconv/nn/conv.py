@@ -79,7 +79,7 @@ class _SparseConv(nn.Module):
         elif rec["geometry"] != geometry:
             raise ValueError(f"indice_key {self.indice_key!r}: already used by a layer with geometry "
                              f"{_describe(rec['geometry'])}; this {type(self).__name__} has {_describe(geometry)}")
-        elif rec["sites"] is not x.sites:
+        elif rec["sites"] != x.sites:
             raise ValueError(f"indice_key {self.indice_key!r}: already names the map of other sites (another "
                              "resolution); give this layer its own indice_key")
         return rec
@@ -189,7 +189,7 @@ class SparseInverseConv3d(_SparseConv):
         if key not in rec:
             entry = rec["strided"]
             inverse = entry.kmap.transposed()
-            if x.sites is not entry.out_sites:
+            if x.sites != entry.out_sites:
                 subset = subset_chain(x.kmaps, x.sites, entry.out_sites)
                 if subset is None:
                     raise ValueError(f"indice_key {self.indice_key!r}: the input's sites are not the output sites "

@@ -71,5 +71,6 @@ class GlobalAvgPool(nn.Module):
     def forward(self, x):
         b = _batch_index(x)
         total = x.feats.new_zeros(x.batch_size, x.feats.shape[1]).index_add(0, b, x.feats)
-        count = torch.bincount(b, minlength=x.batch_size).clamp_min(1).to(x.feats.dtype)
+        # index_add rather than bincount, whose data-dependent length would break torch.compile's graph.
+        count = x.feats.new_zeros(x.batch_size).index_add(0, b, x.feats.new_ones(b.shape[0])).clamp_min(1)
         return total / count[:, None]

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from ..kmap import new_sites
 from ..tensor import SparseTensor
 
 _SCORES = ("l2", "l1", "max")
@@ -75,7 +76,7 @@ def _top_rows(score, batch, counts, k):
 def restrict(x, keep):
     """x on the rows `keep` (ascending int64): new sites, registered in the cache as a subset of x's sites so
     maps built for x can be restricted consistently (see kmap.restrict_inputs)."""
-    sites = object()
+    sites = new_sites(x.kmaps)
     x.kmaps[("subset", sites)] = (x.sites, keep, x.coords.shape[0])
     return SparseTensor._derived(x.feats.index_select(0, keep), x.coords.index_select(0, keep), x.spatial_shape,
                                  x.batch_size, x.stride, x.kmaps, sites)
