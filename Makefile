@@ -23,8 +23,11 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 
 build: $(VENV)/.built
 
+# The main job: classify real LAS files (../shared/data/las when present) and a generated tile with the shipped
+# pretrained model, evaluate, write classified LAZ + PNGs under demo/.
 demo: build
 	$(PY) examples/minimal.py
+	$(PY) examples/demo.py
 
 test: build
 	$(PY) -m pytest -q

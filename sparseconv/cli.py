@@ -1,10 +1,11 @@
 """The `sparseconv` command line. Errors print one line and exit non-zero, never a traceback."""
 import argparse
+import os
 import sys
 
 import numpy as np
 
-from .io import LasError, las_info, read_chunks
+from .io import OPEN3D_SUFFIXES, LasError, is_open3d_file, las_info, open3d_to_las, read_chunks
 from .metrics import confusion_matrix, parse_remap, scores
 
 ASPRS = {0: "never classified", 1: "unclassified", 2: "ground", 3: "low vegetation", 4: "medium vegetation",
@@ -93,6 +94,99 @@ def _confusion_png(cm, classes, path):
             os.remove(tmp)
 
 
+def _las_files(items, what, suffixes=(".las", ".laz")):
+    """Files named, plus the files with these suffixes in folders named (sorted)."""
+    out = []
+    for item in items:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(suffixes))
+            if not found:
+                raise LasError(f"{item}: folder holds no {'/'.join(suffixes)} file")
+            out += found
+        elif not os.path.isfile(item):
+            raise LasError(f"{item}: no such file or folder")
+        elif not item.lower().endswith(suffixes):
+            raise LasError(f"{item}: expected a {' or '.join(suffixes)} file ({what})")
+        else:
+            out.append(item)
+    return out
+
+
+def cmd_generate(args):
+    from .data.airborne import generate_tiles
+
+    if args.tiles < 1:
+        raise ValueError(f"--tiles: expected at least 1, got {args.tiles}")
+    kwargs = {"scene": args.scene} if args.scene else {}
+    paths = generate_tiles(args.out_dir, args.tiles, seed=args.seed, size_m=args.size, density=args.density,
+                           suffix="." + args.format, progress=not args.quiet, **kwargs)
+    print(f"wrote {len(paths)} tiles to {args.out_dir}")
+
+
+def cmd_train(args):
+    from .lidar import train
+
+    paths = _las_files(args.data, "DATA")
+    classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+    if args.resume and args.init:
+        raise ValueError("--resume and --init: pass one of them")
+    channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
+    train(paths, args.output, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+          val_fraction=args.val_fraction, seed=args.seed, classes=classes, init=args.init, resume=args.resume,
+          overwrite=args.overwrite, progress=not args.quiet, curves=args.curves,
+          samples_per_epoch=args.samples_per_epoch, voxel_size=args.voxel_size,
+          tile_size=args.tile_size, overlap=args.overlap, channels=channels)
+    print(f"wrote {args.output} and {args.curves or os.path.splitext(args.output)[0] + '_curves.png'}")
+
+
+def cmd_classify(args):
+    import tempfile
+    import time
+
+    import torch
+
+    from .lidar import classify_file, load_checkpoint
+
+    paths = _las_files(args.inputs, "IN", (".las", ".laz") + OPEN3D_SUFFIXES)
+    to_folder = len(paths) > 1 or os.path.isdir(args.inputs[0]) or os.path.isdir(args.output) \
+        or not args.output.lower().endswith((".las", ".laz"))
+    if to_folder:
+        os.makedirs(args.output, exist_ok=True)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {args.device} requested, but torch sees no CUDA device")
+    model, config, _ = load_checkpoint(args.model)
+    for path in paths:
+        name = os.path.basename(path)
+        if is_open3d_file(path):  # PLY/PCD/XYZ/PTS: classified into a LAZ of the same name
+            name = os.path.splitext(name)[0] + ".laz"
+        dst = os.path.join(args.output, name) if to_folder else args.output
+        t0 = time.perf_counter()
+        opts = dict(overwrite=args.overwrite, device=args.device, progress=not args.quiet, tile_size=args.tile_size)
+        if is_open3d_file(path):
+            with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(dst))) as tmp:
+                las = open3d_to_las(path, os.path.join(tmp, "input.las"))
+                r = classify_file(las, dst, model, config, **opts)
+        else:
+            r = classify_file(path, dst, model, config, **opts)
+        dt = time.perf_counter() - t0
+        print(f"{path} -> {dst}: {r['points']:,} points in {dt:.1f} s ({r['points'] / dt:,.0f} points/s; "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items() if k != "total") + ")")
+        for code, n in r["classes"].items():
+            print(f"  {code:3d} {_name(code):18s} {n:>12,}  {100 * n / r['points']:5.1f}%")
+        if args.png:
+            png = os.path.splitext(dst)[0] + ".png"
+            _topdown(dst, png)
+            print(f"  wrote {png}")
+
+
+def _topdown(path, png):
+    from .lidar.curves import plot_topdown
+
+    parts = [(np.asarray(p.x), np.asarray(p.y), np.asarray(p.classification)) for p in read_chunks(path)]
+    x, y, c = (np.concatenate(a) for a in zip(*parts))
+    plot_topdown(x, y, c.astype(np.int64), png, title=os.path.basename(path))
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="sparseconv", description="Sparse 3D CNNs for point clouds: LAS/LAZ tools.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -107,6 +201,55 @@ def build_parser():
     p.add_argument("--ignore", type=int, nargs="*", default=[], help="class codes left out of the scores")
     p.add_argument("--png", help="also write the confusion matrix as a PNG")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("generate", help="write generated airborne LiDAR tiles with ASPRS labels (training data)")
+    p.add_argument("out_dir")
+    p.add_argument("--tiles", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=float, default=100.0, help="tile side in metres (default 100)")
+    p.add_argument("--density", type=float, default=8.0, help="pulses per m2 (default 8)")
+    p.add_argument("--scene", choices=["rural", "suburban", "urban", "forest"], help="default: random per tile")
+    p.add_argument("--format", choices=["las", "laz"], default="laz")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="train a point classifier on labelled LAS/LAZ files")
+    p.add_argument("data", nargs="+", metavar="DATA", help="labelled .las/.laz files or folders of them")
+    p.add_argument("-o", "--output", required=True, help="checkpoint, written after every epoch")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=4, help="windows per step")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--samples-per-epoch", type=int,
+                   help="random windows per epoch (default: one per training piece, at least 64)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="held-out share: whole files when there are 5 or more, else pieces of files")
+    p.add_argument("--voxel-size", type=float, help="metres (default 1.0)")
+    p.add_argument("--tile-size", type=float, help="metres (default 64)")
+    p.add_argument("--overlap", type=float, help="context around each tile, metres (default 8)")
+    p.add_argument("--channels", help="SparseUNet widths per level, e.g. 16,32,64,96,128")
+    p.add_argument("--classes", help="ASPRS codes to learn, e.g. 2,3,4,5,6,9 (default: all present); "
+                                     "points of other codes are ignored")
+    p.add_argument("--init", help="fine-tune this model (e.g. the pretrained one); its features, voxel and tile "
+                                  "size are kept, a different class map gets a new output layer")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint -o from its last epoch")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--curves", help="PNG of the training curves (default: next to the checkpoint)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("classify", help="classify LAS/LAZ files (ASPRS codes) with a trained model")
+    p.add_argument("inputs", nargs="+", metavar="IN",
+                   help=".las/.laz files or folders of them; .ply/.pcd/.xyz/.pts through Open3D (written as .laz)")
+    p.add_argument("-o", "--output", required=True, help="output file, or folder for several inputs")
+    p.add_argument("--model", help="checkpoint from `sparseconv train` (default: the shipped pretrained model)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--tile-size", type=float, default=128.0,
+                   help="inference tile in metres (default 128; the model's overlap is added on every side)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--png", action="store_true", help="also write a top-down PNG coloured by class")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_classify)
     return ap
 
 
@@ -120,6 +263,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"sparseconv {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # anything else: still one line; SPARSECONV_DEBUG=1 shows the traceback
+        if os.environ.get("SPARSECONV_DEBUG"):
+            raise
+        print(f"sparseconv {args.command}: unexpected error: {type(e).__name__}: {e} "
+              "(set SPARSECONV_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -25,7 +25,10 @@ class KernelMap:
         if self.symmetric:
             return None
         if self._nbr_t is None:
-            self._nbr_t = ops.invert_map(self.nbr, self.n_in)
+            # Eagerly the C++ op directly: the Python custom-op wrapper (SymInt n_in, for torch.compile) costs
+            # a 1.7 s torch._dynamo import on its first call, which a one-shot `sparseconv classify` would pay.
+            invert = ops.invert_map if torch.compiler.is_compiling() else torch.ops.sparseconv.invert_map
+            self._nbr_t = invert(self.nbr, self.n_in)
         return self._nbr_t
 
     def transposed(self):

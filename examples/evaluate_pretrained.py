@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Scores of the shipped pretrained model on real labelled LAS/LAZ files it was not trained on, next to a
+classical ground filter (Cloth Simulation Filter, the `cloth-simulation-filter` package) run on the same files.
+
+For every file: the model classifies it (sparseconv.lidar.classify_file, as `sparseconv classify` does), then
+* ground / non-ground (reference code 2 against everything else; noise codes 7 and 18 left out): overall
+  accuracy, kappa and ground IoU, for the model and for CSF;
+* classes (vegetation 3/4/5 merged; references 0, 1 "unclassified" and codes >= 64 left out, since they say
+  nothing about what the point is): overall accuracy, kappa, per-class IoU.
+Prints markdown tables and writes a confusion PNG per file into --out-dir.
+
+    pip install cloth-simulation-filter        # the classical baseline (optional: skipped when missing)
+    python examples/evaluate_pretrained.py     # files from ../shared/data/las
+"""
+import argparse
+import contextlib
+import glob
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from sparseconv.cli import _confusion_png
+from sparseconv.lidar import classify_file, load_checkpoint
+from sparseconv.lidar.features import ground_cell_size, local_density
+from sparseconv.lidar.windows import grid_shape, split_by_id, tile_index, window_members
+from sparseconv.metrics import confusion_matrix, scores
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VEG = {3: 5, 4: 5}
+NOISE = (7, 18)
+
+
+def read(path):
+    import laspy
+
+    las = laspy.read(path)
+    return np.stack([las.x, las.y, las.z], 1), np.asarray(las.classification, np.int64)
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def low_outliers(xyz, cell=10.0):
+    """Points far below their cell's median height (z < median - max(10 m, 4 MAD)): multipath and artefact
+    returns under the terrain. CSF drops its cloth onto the inverted cloud, so a few such points become peaks
+    that hold the cloth up and nothing near the true ground is called ground; practitioners remove them first
+    (as PDAL's outlier filter before filters.csf), and so does this baseline."""
+    ij = np.floor((xyz[:, :2] - xyz[:, :2].min(0)) / cell).astype(np.int64)
+    key = ij[:, 0] * (ij[:, 1].max() + 1) + ij[:, 1]
+    z = xyz[:, 2]
+    order = np.lexsort((z, key))
+    ks, zs = key[order], z[order]
+    start = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    count = np.diff(np.r_[start, len(ks)])
+    med = zs[start + count // 2]
+    cell_of = np.repeat(np.arange(len(start)), count)
+    dev = np.abs(zs - med[cell_of])
+    dorder = np.lexsort((dev, cell_of))
+    mad = dev[dorder][start + count // 2]
+    flagged = zs < med[cell_of] - np.maximum(10.0, 4.0 * mad[cell_of])
+    out = np.zeros(len(z), bool)
+    out[order] = flagged
+    return out
+
+
+def csf_ground(xyz, resolution, tile=128.0, overlap=8.0):
+    """Boolean ground mask from the Cloth Simulation Filter (Zhang et al. 2016) run tile by tile with the same
+    tiles and overlap as the model (one cloth over a whole file sags into its empty parts: append-bug.laz is a
+    thin strip and a corner of a 1 km box), or None without the package. rigidness 2 (relief), slope
+    post-processing on, threshold 0.5 m, 500 iterations; low outliers removed first (called non-ground)."""
+    try:
+        import CSF
+    except ImportError:
+        return None
+    keep = np.flatnonzero(~low_outliers(xyz))
+    full = np.zeros(len(xyz), bool)
+    full[keep] = csf_tiles(xyz[keep], resolution, tile, overlap, CSF)
+    return full
+
+
+def csf_tiles(xyz, resolution, tile, overlap, CSF):
+    x0, y0 = xyz[:, 0].min(), xyz[:, 1].min()
+    nx, ny = grid_shape(x0, y0, xyz[:, 0].max(), xyz[:, 1].max(), tile)
+    rows, ids = window_members(xyz[:, 0], xyz[:, 1], x0, y0, tile, overlap, nx, ny)
+    core = tile_index(xyz[:, 0], x0, tile, nx) * ny + tile_index(xyz[:, 1], y0, tile, ny)
+    mask = np.zeros(len(xyz), bool)
+    for tid, r in split_by_id(rows, ids):
+        if r.size < 10:
+            continue
+        csf = CSF.CSF()
+        csf.params.bSloopSmooth = True
+        csf.params.cloth_resolution = resolution
+        csf.params.rigidness = 2
+        csf.params.class_threshold = 0.5
+        csf.params.time_step = 0.65
+        csf.params.interations = 500
+        pts = xyz[r]
+        csf.setPointCloud(pts - pts.min(0))
+        ground, other = CSF.VecInt(), CSF.VecInt()
+        with quiet_stdout():  # CSF's C++ core logs every stage to fd 1, which would bury the tables
+            csf.do_filtering(ground, other, exportCloth=False)
+        g = np.zeros(r.size, bool)
+        g[np.asarray(ground, np.int64)] = True
+        own = core[r] == tid
+        mask[r[own]] = g[own]
+    return mask
+
+
+def ground_scores(ref, is_ground):
+    keep = ~np.isin(ref, NOISE)
+    cm = confusion_matrix((ref[keep] == 2).astype(np.int64), is_ground[keep].astype(np.int64), [0, 1])
+    s = scores(cm)
+    return s["overall_accuracy"], s["kappa"], s["iou"][1]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="*", help="labelled LAS/LAZ (default: ../shared/data/las/*.la[sz])")
+    ap.add_argument("--model", help="checkpoint (default: the shipped pretrained model)")
+    ap.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results", "pretrained"))
+    args = ap.parse_args()
+    files = args.files or sorted(glob.glob(os.path.join(ROOT, "..", "shared", "data", "las", "*.la[sz]")))
+    if not files:
+        raise SystemExit("no labelled files: pass some, or put ../shared/data/las beside the project")
+    os.makedirs(args.out_dir, exist_ok=True)
+    model, config, _ = load_checkpoint(args.model)
+    ground_rows, class_rows = [], []
+    for path in files:
+        name = os.path.basename(path)
+        xyz, ref = read(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, name)
+            t0 = time.perf_counter()
+            classify_file(path, out, model, config, progress=False)
+            t_model = time.perf_counter() - t0
+            _, pred = read(out)
+        density = local_density(xyz[:, 0], xyz[:, 1])
+        res = ground_cell_size(density)
+        t0 = time.perf_counter()
+        csf = csf_ground(xyz, res)
+        t_csf = time.perf_counter() - t0
+        ours = ground_scores(ref, pred == 2)
+        theirs = ground_scores(ref, csf) if csf is not None else (float("nan"),) * 3
+        ground_rows.append((name, len(ref), density, *ours, t_model, *theirs, t_csf, res))
+        lut = np.arange(256)
+        for a, b in VEG.items():
+            lut[a] = b
+        r, p = lut[ref], lut[pred]
+        known = (r >= 2) & (r < 64)
+        # Predicted codes count too: a point of a known class called something else is an error.
+        classes = sorted(set(np.unique(r[known]).tolist()) | set(np.unique(p[known]).tolist()))
+        if len(set(np.unique(r[known]).tolist())) > 2:
+            cm = confusion_matrix(r[known], p[known], classes)
+            s = scores(cm)
+            class_rows.append((name, int(known.sum()), s["overall_accuracy"], s["kappa"],
+                               ", ".join(f"{c}: {iou:.2f}" for c, iou in zip(classes, s["iou"]))))
+            png = os.path.join(args.out_dir, os.path.splitext(name)[0] + "_confusion.png")
+            _confusion_png(cm, classes, png)
+    print("\nGround / non-ground (reference code 2 vs the rest; noise left out)\n")
+    print("| file | points | pts/m2 | model OA | model kappa | model ground IoU | model s "
+          "| CSF OA | CSF kappa | CSF ground IoU | CSF s | CSF cloth res. (m) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in ground_rows:
+        name, n, dens, *v = row
+        print(f"| {name} | {n:,} | {dens:.2f} | " + " | ".join(f"{x:.3f}" if i % 4 != 3 else f"{x:.1f}"
+                                                            for i, x in enumerate(v[:8])) + f" | {v[8]:.1f} |")
+    if class_rows:
+        print("\nClasses (vegetation 3/4/5 -> 5; reference codes 0, 1 and >= 64 left out)\n")
+        print("| file | points scored | OA | kappa | IoU per class |")
+        print("|---|---|---|---|---|")
+        for name, n, oa, kappa, ious in class_rows:
+            print(f"| {name} | {n:,} | {oa:.3f} | {kappa:.3f} | {ious} |")
+    print(f"\nconfusion PNGs in {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Training the LiDAR classifier on labelled LAS/LAZ files.
+
+Files are read once and cut into pieces of two windows' side; a training sample is a random window of a piece
+(tile + overlap on each side), augmented (rotation about z, flips, scaling, jitter, and random thinning so that
+one model serves 0.1-30 points/m2), with its ground estimate computed after the augmentation, as classify
+computes it on its tiles. Validation runs whole pieces of the held-out files (or tiles when there are few
+files) without augmentation. Every epoch writes a resumable checkpoint (atomically) and a PNG of the curves.
+"""
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..metrics import confusion_matrix, scores
+from .features import feature_names, height_above_ground
+from .model import FORMAT, build_model, load_checkpoint, save_checkpoint
+from .source import read_points
+from .windows import grid_shape, make_batch, split_by_id, window_members
+
+DEFAULTS = dict(voxel_size=1.0, tile_size=64.0, overlap=8.0, channels=(16, 32, 64, 96, 128), hidden=32)
+
+
+class Piece:
+    """Points of one piece of a file (dict of arrays), their class indices (-1: not learned) and the file's
+    normalisation (intensity ranks, colour depth)."""
+
+    def __init__(self, pts, target, lut, rgb_div, file_index):
+        self.pts, self.target, self.lut, self.rgb_div, self.file_index = pts, target, lut, rgb_div, file_index
+        self.lo = np.array([pts["x"].min(), pts["y"].min()])
+        self.hi = np.array([pts["x"].max(), pts["y"].max()])
+
+    def __len__(self):
+        return self.target.size
+
+
+def class_lut(codes):
+    lut = np.full(256, -1, np.int64)
+    lut[np.asarray(codes, np.int64)] = np.arange(len(codes))
+    return lut
+
+
+def prepare(paths, codes, side, progress=True):
+    """Reads the files and cuts them into pieces of side x side metres. codes: the learned ASPRS classes, in
+    the order of the model's outputs (None: every class present)."""
+    loaded = []
+    it = _progress(paths, "read", progress)
+    for path in it:
+        pts, stats = read_points(path, labels=True)
+        loaded.append((pts, stats))
+    if codes is None:
+        present = np.zeros(256, bool)
+        for pts, _ in loaded:
+            present[np.unique(pts["classification"])] = True
+        codes = np.flatnonzero(present).tolist()
+    lut_cls = class_lut(codes)
+    rgb = all(stats.rgb for _, stats in loaded)
+    pieces = []
+    for i, (pts, stats) in enumerate(loaded):
+        if not rgb:
+            pts = {k: v for k, v in pts.items() if k not in ("red", "green", "blue")}
+        nx, ny = grid_shape(pts["x"].min(), pts["y"].min(), pts["x"].max(), pts["y"].max(), side)
+        rows, ids = window_members(pts["x"], pts["y"], pts["x"].min(), pts["y"].min(), side, 0.0, nx, ny)
+        for _, r in split_by_id(rows, ids):
+            if r.size < 50:
+                continue
+            sub = {k: v[r] for k, v in pts.items()}
+            pieces.append(Piece(sub, lut_cls[sub.pop("classification")], stats.lut, stats.rgb_div, i))
+    return pieces, list(codes), rgb
+
+
+def _progress(it, desc, enabled, total=None):
+    if not enabled:
+        return it
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return it
+    return tqdm(it, desc=desc, total=total, leave=False)
+
+
+def sample_window(piece, rng, window, augment):
+    """(points dict, targets) of a random window of the piece; augmented when asked."""
+    pts, target = piece.pts, piece.target
+    x, y, z = pts["x"], pts["y"], pts["z"]
+    c = (piece.lo + piece.hi) / 2
+    if augment:
+        theta = rng.uniform(0, 2 * math.pi)
+        cos, sin = math.cos(theta), math.sin(theta)
+        dx, dy = x - c[0], y - c[1]
+        x, y = c[0] + cos * dx - sin * dy, c[1] + sin * dx + cos * dy
+        if rng.random() < 0.5:
+            x = 2 * c[0] - x
+        if rng.random() < 0.5:
+            y = 2 * c[1] - y
+        half = np.maximum((piece.hi - piece.lo) / 2 - window / 2, 0)
+        c = c + rng.uniform(-half, half)
+    keep = (np.abs(x - c[0]) <= window / 2) & (np.abs(y - c[1]) <= window / 2)
+    if augment:
+        # Thin to a density drawn log-uniformly in 0.1..30 points/m2 (never adds points).
+        density = len(piece) / max(np.prod(piece.hi - piece.lo), 1.0)
+        target_density = math.exp(rng.uniform(math.log(0.1), math.log(30.0)))
+        keep &= rng.random(x.size) < min(1.0, target_density / density)
+    idx = np.flatnonzero(keep)
+    if idx.size < 8:  # too sparse a draw: take the whole piece instead
+        idx = np.arange(x.size)
+    out = {k: v[idx] for k, v in pts.items()}
+    out["x"], out["y"], out["z"] = x[idx], y[idx], z[idx]
+    if augment:
+        s = rng.uniform(0.9, 1.1)
+        j = rng.normal(0, 0.02, (3, idx.size))
+        out["x"], out["y"] = c[0] + (out["x"] - c[0]) * s + j[0], c[1] + (out["y"] - c[1]) * s + j[1]
+        out["z"] = out["z"] * s + j[2]
+    return out, target[idx]
+
+
+def _window_input(piece, pts):
+    return (pts, height_above_ground(pts["x"], pts["y"], pts["z"]), piece.lut, piece.rgb_div)
+
+
+def class_weights(pieces, k):
+    """Inverse square-root frequency (mean 1, at most 10x the mean): rare classes (wires, water) still count."""
+    counts = np.zeros(k)
+    for p in pieces:
+        t = p.target[p.target >= 0]
+        counts += np.bincount(t, minlength=k)
+    w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1) / max(counts.sum(), 1)), 0.0)
+    w = w / w[w > 0].mean()
+    return torch.tensor(np.minimum(w, 10.0), dtype=torch.float32)
+
+
+def split(pieces, val_fraction, rng):
+    """Validation by whole files when there are at least 5, else by pieces."""
+    files = sorted({p.file_index for p in pieces})
+    n_val = int(round(val_fraction * (len(files) if len(files) >= 5 else len(pieces))))
+    if val_fraction > 0:
+        n_val = max(n_val, 1)
+    if len(files) >= 5:
+        val_files = set(rng.permutation(files)[:n_val].tolist())
+        return [p for p in pieces if p.file_index not in val_files], [p for p in pieces if p.file_index in val_files]
+    order = rng.permutation(len(pieces))
+    val = set(order[:n_val].tolist())
+    return [p for i, p in enumerate(pieces) if i not in val], [p for i, p in enumerate(pieces) if i in val]
+
+
+def _metrics(cm, loss_sum, n):
+    s = scores(cm)
+    iou = np.asarray(s["iou"], np.float64)
+    present = cm.sum(1) > 0
+    return {"loss": loss_sum / max(n, 1), "accuracy": s["overall_accuracy"],
+            "miou": float(np.nanmean(iou[present])) if present.any() else float("nan"), "iou": iou.tolist()}
+
+
+def _run(model, batches, k, weights, optimizer=None, scheduler=None, progress=None):
+    cm, loss_sum, n = np.zeros((k, k), np.int64), 0.0, 0
+    for batch, target in batches:
+        target = torch.from_numpy(target)
+        with torch.set_grad_enabled(optimizer is not None):
+            logits = model(*batch)
+            loss = F.cross_entropy(logits, target, weight=weights, ignore_index=-1)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+        valid = target >= 0
+        pred = logits.argmax(1)[valid].numpy()
+        t = target[valid].numpy()
+        cm += np.bincount(t * k + pred, minlength=k * k).reshape(k, k)
+        loss_sum += float(loss.detach()) * int(valid.sum())
+        n += int(valid.sum())
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_sum / max(n, 1):.3f}")
+    return _metrics(cm, loss_sum, n)
+
+
+def _train_batches(pieces, rng, batch_size, window, names, voxel, samples):
+    reps = -(-samples // len(pieces))
+    order = np.concatenate([rng.permutation(len(pieces)) for _ in range(reps)])[:samples]
+    for s in range(0, len(order), batch_size):
+        samples = [(pieces[i], *sample_window(pieces[i], rng, window, True)) for i in order[s:s + batch_size]]
+        batch = make_batch([_window_input(p, pts) for p, pts, _ in samples], names, voxel)
+        yield batch, np.concatenate([t for _, _, t in samples])
+
+
+def _val_batches(pieces, names, voxel):
+    for p in pieces:
+        pts = dict(p.pts)
+        yield make_batch([_window_input(p, pts)], names, voxel), p.target
+
+
+def fit_normalisation(model, pieces, names, voxel, rng, n=32):
+    """Feature mean/std from (unaugmented windows of) the training split only."""
+    feats = [make_batch([_window_input(p, dict(p.pts))], names, voxel)[0] for p in rng.permutation(pieces)[:n]]
+    model.norm.fit(torch.cat(feats))
+
+
+def _adapt_head(model, old_codes, new_codes, state):
+    """Loads a pretrained state into a model whose output classes differ: shared codes keep their rows."""
+    last = "head.2"
+    w, b = state.pop(f"{last}.weight"), state.pop(f"{last}.bias")
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        for j, code in enumerate(new_codes):
+            if code in old_codes:
+                i = old_codes.index(code)
+                model.head[2].weight[j] = w[i]
+                model.head[2].bias[j] = b[i]
+
+
+def train(paths, out, epochs=20, batch_size=4, lr=2e-3, val_fraction=0.2, seed=0, classes=None, init=None,
+          resume=False, overwrite=False, progress=True, log=print, curves=None, samples_per_epoch=None,
+          **config_overrides):
+    """Trains and writes the checkpoint `out` after every epoch (plus `curves`, a PNG, default out + .png).
+    An epoch draws samples_per_epoch random windows (default: one per training piece, at least 64, so that
+    a few small files still give enough steps). Returns the history (one dict per epoch with train and val
+    metrics)."""
+    if os.path.exists(out) and not (resume or overwrite):
+        raise ValueError(f"-o: {out} exists; pass --resume to continue it or --overwrite to start again")
+    if not paths:
+        raise ValueError("DATA: expected at least one labelled LAS/LAZ file")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    start_epoch, history, ckpt = 0, [], None
+    if resume and os.path.exists(out):
+        _, config, ckpt = load_checkpoint(out)
+        if "optimizer" not in ckpt:
+            raise ValueError(f"--resume: {out} holds no training state (a released model); use --init")
+        start_epoch, history = ckpt["epoch"], ckpt["history"]
+        rng.bit_generator.state = ckpt["rng"]["numpy"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        classes = config["classes"]
+    elif init is not None:
+        _, config, pre = load_checkpoint(init)
+        config = dict(config)
+    else:
+        config = {**DEFAULTS, **{k: v for k, v in config_overrides.items() if v is not None}}
+        config["channels"] = list(config["channels"])
+    window = config["tile_size"] + 2 * config["overlap"]
+    pieces, codes, rgb = prepare(paths, classes, 2 * window, progress)
+    if not pieces:
+        raise ValueError("DATA: no piece of the files holds enough points to train on")
+    if init is None and not (resume and ckpt):
+        config["features"] = list(feature_names(rgb))
+    elif any(f in ("red", "green", "blue") for f in config["features"]) and not rgb:
+        raise ValueError("DATA: the model uses colour, but not every file has RGB")
+    old_codes = config.get("classes")
+    config["classes"] = list(codes)
+    names, voxel, k = config["features"], config["voxel_size"], len(codes)
+    model = build_model(config)
+    train_set, val_set = split(pieces, val_fraction, rng)
+    if not train_set:
+        raise ValueError("DATA: nothing left to train on after the validation split; add files or lower "
+                         "--val-fraction")
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    elif init is not None:
+        state = dict(pre["model"])
+        if list(old_codes) == list(codes):
+            model.load_state_dict(state)
+        else:
+            _adapt_head(model, list(old_codes), list(codes), state)
+    else:
+        fit_normalisation(model, train_set, names, voxel, rng)
+    weights = class_weights(train_set, k)
+    samples = int(samples_per_epoch or max(len(train_set), 64))
+    steps_per_epoch = math.ceil(samples / batch_size)
+    steps = epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    done_steps = -1
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        done_steps = start_epoch * steps_per_epoch - 1
+    # One-cycle schedule over all epochs; a resumed run with a different --epochs re-plans it from where it is.
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=max(steps, 1), pct_start=0.1,
+                                                    last_epoch=done_steps)
+    if ckpt is not None and ckpt.get("epochs") == epochs:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    log(f"train: {len(train_set)} pieces ({sum(map(len, train_set)):,} points), val: {len(val_set)} pieces; "
+        f"classes {codes}; features {names}; {sum(p.numel() for p in model.parameters()):,} parameters")
+    curves = curves or os.path.splitext(out)[0] + "_curves.png"
+    os.makedirs(os.path.dirname(os.path.abspath(curves)), exist_ok=True)
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        model.train()
+        bar = _progress(range(steps_per_epoch), f"epoch {epoch + 1}/{epochs}", progress)
+        bar = bar if hasattr(bar, "update") else None
+        tr = _run(model, _train_batches(train_set, rng, batch_size, window, names, voxel, samples), k, weights,
+                  optimizer, scheduler, bar)
+        if bar is not None:
+            bar.close()
+        model.eval()
+        va = _run(model, _val_batches(val_set, names, voxel), k, weights) if val_set else None
+        history.append({"epoch": epoch + 1, "train": tr, "val": va, "seconds": time.perf_counter() - t0})
+        log(f"epoch {epoch + 1}/{epochs}: train loss {tr['loss']:.3f} acc {tr['accuracy']:.3f} "
+            f"mIoU {tr['miou']:.3f}" + (f" | val loss {va['loss']:.3f} acc {va['accuracy']:.3f} "
+                                        f"mIoU {va['miou']:.3f}" if va else "")
+            + f" ({history[-1]['seconds']:.0f} s)")
+        save_checkpoint({"format": FORMAT, "config": config, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "epoch": epoch + 1, "epochs": epochs, "history": history,
+                         "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}}, out)
+        from .curves import plot_curves
+
+        plot_curves(history, codes, curves)
+    return history
+
+
+def release(checkpoint, out, half=True):
+    """Writes a checkpoint without training state (what ships as a pretrained model); half: weight tensors
+    stored as float16 (half the file; loading casts them back to float32), small buffers kept as they are."""
+    _, config, ckpt = load_checkpoint(checkpoint)
+    state = {k: v.half() if half and v.is_floating_point() and v.numel() >= 1024 else v
+             for k, v in ckpt["model"].items()}
+    save_checkpoint({"format": FORMAT, "config": config, "model": state,
+                     "history": ckpt.get("history", [])}, out)
