@@ -182,9 +182,10 @@ def cmd_classify(args):
 def _topdown(path, png):
     from .lidar.curves import plot_topdown
 
-    parts = [(np.asarray(p.x), np.asarray(p.y), np.asarray(p.classification)) for p in read_chunks(path)]
-    x, y, c = (np.concatenate(a) for a in zip(*parts))
-    plot_topdown(x, y, c.astype(np.int64), png, title=os.path.basename(path))
+    parts = [(np.asarray(p.x), np.asarray(p.y), np.asarray(p.z), np.asarray(p.classification))
+             for p in read_chunks(path)]
+    x, y, z, c = (np.concatenate(a) for a in zip(*parts))
+    plot_topdown(x, y, c.astype(np.int64), png, title=os.path.basename(path), z=z)
 
 
 def build_parser():

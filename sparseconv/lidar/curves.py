@@ -58,22 +58,55 @@ def plot_curves(history, codes, path):
     _save(fig, path)
 
 
-def plot_topdown(x, y, classes, path, title="", max_points=400_000, seed=0):
-    """Top-down scatter of points coloured by ASPRS class (a random subset when there are many)."""
+def _rgb(code_hex):
+    return np.array([int(code_hex[k:k + 2], 16) for k in (1, 3, 5)], np.uint8)
+
+
+def topdown_raster(x, y, classes, z=None, max_pixels=900, fill=3):
+    """Class image seen from above: each pixel takes its highest point's class (the last one when z is None);
+    empty pixels next to filled ones are filled (up to `fill` passes) so sparse clouds read as surfaces.
+    Returns (image [H, W] int16, -1 where empty; extent (x0, x1, y0, y1))."""
+    x0, y0 = float(x.min()), float(y.min())
+    cell = max(max(np.ptp(x), np.ptp(y)) / max_pixels, 0.1)
+    w = int(np.ptp(x) // cell) + 1
+    h = int(np.ptp(y) // cell) + 1
+    pix = ((y - y0) // cell).astype(np.int64) * w + ((x - x0) // cell).astype(np.int64)
+    order = np.lexsort((z, pix)) if z is not None else np.argsort(pix, kind="stable")
+    last = np.r_[pix[order][1:] != pix[order][:-1], True]  # highest (or last) point of each pixel
+    img = np.full(h * w, -1, np.int16)
+    img[pix[order][last]] = classes[order][last]
+    img = img.reshape(h, w)
+    for _ in range(fill):
+        empty = img < 0
+        if not empty.any():
+            break
+        pad = np.pad(img, 1, constant_values=-1)
+        grown = img.copy()
+        for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+            src = pad[1 + dy:1 + dy + img.shape[0], 1 + dx:1 + dx + img.shape[1]]
+            take = empty & (grown < 0) & (src >= 0)
+            grown[take] = src[take]
+        img = grown
+    return img, (x0, x0 + w * cell, y0, y0 + h * cell)
+
+
+def plot_topdown(x, y, classes, path, title="", z=None):
+    """Top-down PNG of points coloured by ASPRS class (rasterised: every point counts, whatever the size)."""
     plt = _plt()
-    if x.size > max_points:
-        idx = np.random.default_rng(seed).choice(x.size, max_points, replace=False)
-        x, y, classes = x[idx], y[idx], classes[idx]
-    span = max(np.ptp(x), 1e-9), max(np.ptp(y), 1e-9)
+    from matplotlib.patches import Patch
+
+    img, extent = topdown_raster(x, y, classes, z)
+    lut = np.full((257, 3), 255, np.uint8)  # index 256 = empty pixel (img -1)
+    for c in range(256):
+        lut[c] = _rgb(COLOURS.get(c, "#607d8b"))
+    rgb = lut[np.where(img < 0, 256, img)]
+    span = extent[1] - extent[0], extent[3] - extent[2]
     w = 8.0
-    fig, ax = plt.subplots(figsize=(w + 2.2, max(3.0, w * span[1] / span[0])))
-    present = np.unique(classes)
-    palette = np.array([COLOURS.get(int(c), "#607d8b") for c in range(256)])
-    ax.scatter(x, y, c=palette[classes], s=max(0.2, min(4.0, 2e4 / x.size)), linewidths=0)
-    for c in present:
-        ax.scatter([], [], c=COLOURS.get(int(c), "#607d8b"), label=f"{c} {NAMES.get(int(c), '')}")
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, markerscale=2)
-    ax.set_aspect("equal")
+    fig, ax = plt.subplots(figsize=(w + 2.2, min(14.0, max(3.0, w * span[1] / span[0]))))
+    ax.imshow(rgb, origin="lower", extent=extent, interpolation="nearest")
+    handles = [Patch(color=COLOURS.get(int(c), "#607d8b"), label=f"{c} {NAMES.get(int(c), '')}")
+               for c in np.unique(classes)]
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     ax.set(title=title, xlabel="x (m)", ylabel="y (m)")
     fig.tight_layout()
     _save(fig, path)
