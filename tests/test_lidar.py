@@ -248,3 +248,17 @@ def test_cli_classifies_open3d_formats(tmp_path, capsys):
     bad.write_text("garbage")
     assert main(["classify", str(bad), "-o", str(tmp_path / "o.laz"), "--model", model]) == 1
     assert "bad.ply" in capsys.readouterr().err
+
+
+def test_topdown_raster_takes_the_highest_point_and_fills_gaps():
+    from sparseconv.lidar.curves import topdown_raster
+
+    # Two points in one pixel (the higher one's class wins whatever the order) and one far away.
+    x = np.array([0.0, 0.01, 10.0])
+    y = np.array([0.0, 0.01, 10.0])
+    z = np.array([5.0, 1.0, 0.0])
+    img, extent = topdown_raster(x, y, np.array([6, 2, 9]), z, max_pixels=100, fill=0)
+    assert img[0, 0] == 6 and img[-1, -1] == 9
+    assert (img >= 0).sum() == 2 and extent[0] == 0.0 and extent[2] == 0.0
+    filled, _ = topdown_raster(x, y, np.array([6, 2, 9]), z, max_pixels=100, fill=2)
+    assert (filled == 6).sum() == 6  # the corner pixel grown by 2 diamond steps, clipped at the border
