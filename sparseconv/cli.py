@@ -124,9 +124,11 @@ def cmd_generate(args):
 
 
 def cmd_train(args):
+    from . import distributed as sd
     from .lidar import train
 
     paths = _las_files(args.data, "DATA")
+    sd.init()  # under torchrun: data-parallel over its processes; else a no-op
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
     if args.resume and args.init:
         raise ValueError("--resume and --init: pass one of them")
@@ -136,7 +138,9 @@ def cmd_train(args):
           overwrite=args.overwrite, progress=not args.quiet, curves=args.curves,
           samples_per_epoch=args.samples_per_epoch, voxel_size=args.voxel_size,
           tile_size=args.tile_size, overlap=args.overlap, channels=channels)
-    print(f"wrote {args.output} and {args.curves or os.path.splitext(args.output)[0] + '_curves.png'}")
+    if sd.is_main():
+        print(f"wrote {args.output} and {args.curves or os.path.splitext(args.output)[0] + '_curves.png'}")
+    sd.cleanup()
 
 
 def cmd_classify(args):
@@ -145,23 +149,32 @@ def cmd_classify(args):
 
     import torch
 
+    from . import distributed as sd
     from .lidar import classify_file, load_checkpoint
 
     paths = _las_files(args.inputs, "IN", (".las", ".laz") + OPEN3D_SUFFIXES)
+    rank, world = sd.init()  # under torchrun each process classifies its share of the files
     to_folder = len(paths) > 1 or os.path.isdir(args.inputs[0]) or os.path.isdir(args.output) \
         or not args.output.lower().endswith((".las", ".laz"))
     if to_folder:
         os.makedirs(args.output, exist_ok=True)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device: {args.device} requested, but torch sees no CUDA device")
+    device = args.device
+    if world > 1 and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    tag = f"[rank {rank}] " if world > 1 else ""
     model, config, _ = load_checkpoint(args.model)
-    for path in paths:
+    done, t_start = 0, time.perf_counter()
+    mine = sd.shard_balanced(paths, [os.path.getsize(p) for p in paths])  # by bytes, not count
+    for path in mine:
         name = os.path.basename(path)
         if is_open3d_file(path):  # PLY/PCD/XYZ/PTS: classified into a LAZ of the same name
             name = os.path.splitext(name)[0] + ".laz"
         dst = os.path.join(args.output, name) if to_folder else args.output
         t0 = time.perf_counter()
-        opts = dict(overwrite=args.overwrite, device=args.device, progress=not args.quiet, tile_size=args.tile_size)
+        opts = dict(overwrite=args.overwrite, device=device, progress=not args.quiet and world == 1,
+                    tile_size=args.tile_size)
         if is_open3d_file(path):
             with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(dst))) as tmp:
                 las = open3d_to_las(path, os.path.join(tmp, "input.las"))
@@ -169,7 +182,8 @@ def cmd_classify(args):
         else:
             r = classify_file(path, dst, model, config, **opts)
         dt = time.perf_counter() - t0
-        print(f"{path} -> {dst}: {r['points']:,} points in {dt:.1f} s ({r['points'] / dt:,.0f} points/s; "
+        done += r["points"]
+        print(f"{tag}{path} -> {dst}: {r['points']:,} points in {dt:.1f} s ({r['points'] / dt:,.0f} points/s; "
               + ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items() if k != "total") + ")")
         for code, n in r["classes"].items():
             print(f"  {code:3d} {_name(code):18s} {n:>12,}  {100 * n / r['points']:5.1f}%")
@@ -177,6 +191,13 @@ def cmd_classify(args):
             png = os.path.splitext(dst)[0] + ".png"
             _topdown(dst, png)
             print(f"  wrote {png}")
+    if world > 1:
+        total = sd.reduce_sum({"points": done, "files": len(mine)})
+        if rank == 0:
+            dt = time.perf_counter() - t_start
+            print(f"{world} processes: {int(total['files'])} files, {int(total['points']):,} points in {dt:.1f} s "
+                  f"({total['points'] / dt:,.0f} points/s)")
+    sd.cleanup()
 
 
 def _topdown(path, png):

@@ -78,6 +78,23 @@ def shard(items, rank=None, world_size=None, seed=None, pad=False):
     return items[rank::world]
 
 
+def shard_balanced(items, weights, rank=None, world_size=None):
+    """This rank's share of `items` with the total weight (e.g. file sizes) balanced over ranks: heaviest
+    first, each to the rank with the least so far (ties: lowest rank), the same on every rank; every item
+    exactly once, in the input order within a share."""
+    items, weights = list(items), [float(w) for w in weights]
+    if len(items) != len(weights):
+        raise ValueError(f"weights: expected one per item ({len(items)}), got {len(weights)}")
+    rank = get_rank() if rank is None else rank
+    world = get_world_size() if world_size is None else world_size
+    load, owner = [0.0] * world, [0] * len(items)
+    for i in sorted(range(len(items)), key=lambda i: (-weights[i], i)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += weights[i]
+    return [item for item, r in zip(items, owner) if r == rank]
+
+
 def reduce_sum(values):
     """{name: number or tensor} -> the same names with sums over all ranks (numbers come back as floats,
     tensors as tensors, e.g. confusion matrices). Send sums and counts, not means: a mean of per-rank means is
@@ -100,6 +117,30 @@ def reduce_sum(values):
 
 def _comm_device():
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+
+
+def barrier():
+    if is_initialized():
+        dist.barrier()
+
+
+def check_replicas(model):
+    """Raises RuntimeError when the parameters and buffers of `model` differ between ranks (compares each
+    tensor's sum and sum of squares, in float64, by all-reducing their max and min): DDP's promise that every
+    replica holds the same weights, checked rather than assumed. No-op without a process group."""
+    if get_world_size() == 1:
+        return
+    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+    if not tensors:
+        return
+    stats = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors]).flatten()
+    stats = stats.to(_comm_device())
+    hi, lo = stats.clone(), stats.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    if not torch.equal(hi, lo):
+        bad = int((hi != lo).nonzero()[0, 0]) // 2
+        raise RuntimeError(f"model: the replicas differ between ranks (first at tensor {bad} of {len(tensors)})")
 
 
 def save_on_main(obj, path):

@@ -5,6 +5,13 @@ Files are read once and cut into pieces of two windows' side; a training sample 
 one model serves 0.1-30 points/m2), with its ground estimate computed after the augmentation, as classify
 computes it on its tiles. Validation runs whole pieces of the held-out files (or tiles when there are few
 files) without augmentation. Every epoch writes a resumable checkpoint (atomically) and a PNG of the curves.
+
+Under torchrun (a torch.distributed process group initialised, e.g. by sparseconv.distributed.init) the same
+function trains data-parallel: every rank reads the files and draws the same global sample order and
+augmentations from the shared seed, but builds and runs only its share of each global batch (batch_size
+windows per rank); batch norms are synchronised, the loss is normalised by the global (weighted) point count so
+the averaged gradient equals one process's on the whole global batch, validation pieces are split across
+ranks, metrics are summed over ranks, and rank 0 alone writes the checkpoint and curves.
 """
 import math
 import os
@@ -14,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed as sd
 from ..metrics import confusion_matrix, scores
 from .features import feature_names, height_above_ground
 from .model import FORMAT, build_model, load_checkpoint, save_checkpoint
@@ -154,41 +162,57 @@ def _metrics(cm, loss_sum, n):
 
 
 def _run(model, batches, k, weights, optimizer=None, scheduler=None, progress=None):
+    """One pass; metrics summed over ranks. Training loss: the class-weighted mean over the global batch
+    (this rank's weighted sum / the all-reduced weight total, times the world size, which DDP's gradient
+    averaging divides out again)."""
     cm, loss_sum, n = np.zeros((k, k), np.int64), 0.0, 0
+    world = sd.get_world_size()
     for batch, target in batches:
         target = torch.from_numpy(target)
+        valid = target >= 0
         with torch.set_grad_enabled(optimizer is not None):
             logits = model(*batch)
-            loss = F.cross_entropy(logits, target, weight=weights, ignore_index=-1)
+            loss_total = F.cross_entropy(logits, target, weight=weights, ignore_index=-1, reduction="sum")
+        local_w = float(weights[target[valid]].sum())
         if optimizer is not None:
+            global_w = sd.reduce_sum({"w": local_w})["w"] / world if world > 1 else local_w
+            loss = loss_total / max(global_w, 1e-12)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
             scheduler.step()
-        valid = target >= 0
         pred = logits.argmax(1)[valid].numpy()
         t = target[valid].numpy()
         cm += np.bincount(t * k + pred, minlength=k * k).reshape(k, k)
-        loss_sum += float(loss.detach()) * int(valid.sum())
+        if local_w > 0:  # reported loss: each batch's weighted mean, weighted by its point count
+            loss_sum += float(loss_total.detach()) / local_w * int(valid.sum())
         n += int(valid.sum())
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{loss_sum / max(n, 1):.3f}")
-    return _metrics(cm, loss_sum, n)
+    totals = sd.reduce_sum({"cm": torch.from_numpy(cm), "loss_sum": loss_sum, "n": n})
+    return _metrics(totals["cm"].numpy(), totals["loss_sum"], int(totals["n"]))
 
 
 def _train_batches(pieces, rng, batch_size, window, names, voxel, samples):
+    """Batches of random augmented windows. Every rank draws the whole global batch (batch_size x world
+    windows) from the shared generator, so the generators stay in step, and builds only its own share
+    (windows rank, rank + world, ...): one process with batch_size x world sees the same windows."""
+    rank, world = sd.get_rank(), sd.get_world_size()
     reps = -(-samples // len(pieces))
     order = np.concatenate([rng.permutation(len(pieces)) for _ in range(reps)])[:samples]
-    for s in range(0, len(order), batch_size):
-        samples = [(pieces[i], *sample_window(pieces[i], rng, window, True)) for i in order[s:s + batch_size]]
-        batch = make_batch([_window_input(p, pts) for p, pts, _ in samples], names, voxel)
-        yield batch, np.concatenate([t for _, _, t in samples])
+    step = batch_size * world
+    for s in range(0, len(order), step):
+        drawn = [(pieces[i], *sample_window(pieces[i], rng, window, True)) for i in order[s:s + step]]
+        mine = drawn[rank::world]
+        batch = make_batch([_window_input(p, pts) for p, pts, _ in mine], names, voxel)
+        yield batch, np.concatenate([t for _, _, t in mine])
 
 
 def _val_batches(pieces, names, voxel):
-    for p in pieces:
+    """Whole validation pieces, split across ranks."""
+    for p in sd.shard(pieces):
         pts = dict(p.pts)
         yield make_batch([_window_input(p, pts)], names, voxel), p.target
 
@@ -214,11 +238,15 @@ def _adapt_head(model, old_codes, new_codes, state):
 
 def train(paths, out, epochs=20, batch_size=4, lr=2e-3, val_fraction=0.2, seed=0, classes=None, init=None,
           resume=False, overwrite=False, progress=True, log=print, curves=None, samples_per_epoch=None,
-          **config_overrides):
+          return_model=False, **config_overrides):
     """Trains and writes the checkpoint `out` after every epoch (plus `curves`, a PNG, default out + .png).
     An epoch draws samples_per_epoch random windows (default: one per training piece, at least 64, so that
-    a few small files still give enough steps). Returns the history (one dict per epoch with train and val
-    metrics)."""
+    a few small files still give enough steps); batch_size is per rank. Returns the history (one dict per
+    epoch with train and val metrics), and the trained model after it when return_model."""
+    main = sd.is_main()
+    progress = progress and main
+    if not main:
+        log = _silent
     if os.path.exists(out) and not (resume or overwrite):
         raise ValueError(f"-o: {out} exists; pass --resume to continue it or --overwrite to start again")
     if not paths:
@@ -267,8 +295,10 @@ def train(paths, out, epochs=20, batch_size=4, lr=2e-3, val_fraction=0.2, seed=0
     else:
         fit_normalisation(model, train_set, names, voxel, rng)
     weights = class_weights(train_set, k)
+    world = sd.get_world_size()
     samples = int(samples_per_epoch or max(len(train_set), 64))
-    steps_per_epoch = math.ceil(samples / batch_size)
+    samples = -(-samples // world) * world  # every rank gets a share of every step
+    steps_per_epoch = math.ceil(samples / (batch_size * world))
     steps = epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     done_steps = -1
@@ -276,20 +306,28 @@ def train(paths, out, epochs=20, batch_size=4, lr=2e-3, val_fraction=0.2, seed=0
         optimizer.load_state_dict(ckpt["optimizer"])
         done_steps = start_epoch * steps_per_epoch - 1
     # One-cycle schedule over all epochs; a resumed run with a different --epochs re-plans it from where it is.
+    if world > 1:
+        # Batch statistics over the global batch (every rank starts from the same weights: same seed, and DDP
+        # broadcasts rank 0's).
+        model = sd.convert_sync_batchnorm(model)
+    net = sd.wrap(model)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=max(steps, 1), pct_start=0.1,
                                                     last_epoch=done_steps)
     if ckpt is not None and ckpt.get("epochs") == epochs:
         scheduler.load_state_dict(ckpt["scheduler"])
     log(f"train: {len(train_set)} pieces ({sum(map(len, train_set)):,} points), val: {len(val_set)} pieces; "
         f"classes {codes}; features {names}; {sum(p.numel() for p in model.parameters()):,} parameters")
+    if world > 1:
+        log(f"data-parallel over {world} processes: {batch_size} windows per rank, {batch_size * world} per step")
     curves = curves or os.path.splitext(out)[0] + "_curves.png"
-    os.makedirs(os.path.dirname(os.path.abspath(curves)), exist_ok=True)
+    if main:
+        os.makedirs(os.path.dirname(os.path.abspath(curves)), exist_ok=True)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         model.train()
         bar = _progress(range(steps_per_epoch), f"epoch {epoch + 1}/{epochs}", progress)
         bar = bar if hasattr(bar, "update") else None
-        tr = _run(model, _train_batches(train_set, rng, batch_size, window, names, voxel, samples), k, weights,
+        tr = _run(net, _train_batches(train_set, rng, batch_size, window, names, voxel, samples), k, weights,
                   optimizer, scheduler, bar)
         if bar is not None:
             bar.close()
@@ -300,14 +338,21 @@ def train(paths, out, epochs=20, batch_size=4, lr=2e-3, val_fraction=0.2, seed=0
             f"mIoU {tr['miou']:.3f}" + (f" | val loss {va['loss']:.3f} acc {va['accuracy']:.3f} "
                                         f"mIoU {va['miou']:.3f}" if va else "")
             + f" ({history[-1]['seconds']:.0f} s)")
-        save_checkpoint({"format": FORMAT, "config": config, "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "epoch": epoch + 1, "epochs": epochs, "history": history,
-                         "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}}, out)
-        from .curves import plot_curves
+        sd.check_replicas(model)
+        if main:
+            save_checkpoint({"format": FORMAT, "config": config, "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "epoch": epoch + 1, "epochs": epochs, "history": history,
+                             "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}}, out)
+            from .curves import plot_curves
 
-        plot_curves(history, codes, curves)
-    return history
+            plot_curves(history, codes, curves)
+        sd.barrier()
+    return (history, model) if return_model else history
+
+
+def _silent(*args, **kwargs):
+    pass
 
 
 def release(checkpoint, out, half=True):
