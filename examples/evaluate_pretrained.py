@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from sparseconv.cli import _confusion_png
 from sparseconv.lidar import classify_file, load_checkpoint
+from sparseconv.lidar.curves import plot_confusion
 from sparseconv.lidar.features import ground_cell_size, local_density
 from sparseconv.lidar.windows import grid_shape, split_by_id, tile_index, window_members
 from sparseconv.metrics import confusion_matrix, scores
@@ -168,7 +168,7 @@ def main():
             class_rows.append((name, int(known.sum()), s["overall_accuracy"], s["kappa"],
                                ", ".join(f"{c}: {iou:.2f}" for c, iou in zip(classes, s["iou"]))))
             png = os.path.join(args.out_dir, os.path.splitext(name)[0] + "_confusion.png")
-            _confusion_png(cm, classes, png)
+            plot_confusion(cm, classes, png)
     print("\nGround / non-ground (reference code 2 vs the rest; noise left out)\n")
     print("| file | points | pts/m2 | model OA | model kappa | model ground IoU | model s "
           "| CSF OA | CSF kappa | CSF ground IoU | CSF s | CSF cloth res. (m) |")

@@ -60,38 +60,10 @@ def cmd_evaluate(args):
     for c, row in zip(classes, cm):
         print(f"{c:4d} " + " ".join(f"{v:9d}" for v in row))
     if args.png:
-        _confusion_png(cm, classes, args.png)
+        from .lidar.curves import plot_confusion
+
+        plot_confusion(cm, classes, args.png)
         print(f"wrote {args.png}")
-
-
-def _confusion_png(cm, classes, path):
-    import os
-    import tempfile
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
-    ax.set_yticks(range(len(classes)), [str(c) for c in classes])
-    ax.set(xlabel="predicted", ylabel="reference", title="confusion (row-normalised)")
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8)
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _las_files(items, what, suffixes=(".las", ".laz")):

@@ -34,6 +34,22 @@ def _save(fig, path):
             os.remove(tmp)
 
 
+def plot_confusion(cm, classes, path):
+    """Row-normalised confusion matrix (reference rows, predicted columns) with the shares printed."""
+    plt = _plt()
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_yticks(range(len(classes)), [str(c) for c in classes])
+    ax.set(xlabel="predicted", ylabel="reference", title="confusion (row-normalised)")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_curves(history, codes, path):
     """Loss, overall accuracy, mean IoU (train and validation) and per-class validation IoU per epoch."""
     plt = _plt()
