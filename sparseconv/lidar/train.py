@@ -305,12 +305,12 @@ def train(paths, out, epochs=20, batch_size=4, lr=2e-3, val_fraction=0.2, seed=0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         done_steps = start_epoch * steps_per_epoch - 1
-    # One-cycle schedule over all epochs; a resumed run with a different --epochs re-plans it from where it is.
     if world > 1:
         # Batch statistics over the global batch (every rank starts from the same weights: same seed, and DDP
         # broadcasts rank 0's).
         model = sd.convert_sync_batchnorm(model)
     net = sd.wrap(model)
+    # One-cycle schedule over all epochs; a resumed run with a different --epochs re-plans it from where it is.
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=max(steps, 1), pct_start=0.1,
                                                     last_epoch=done_steps)
     if ckpt is not None and ckpt.get("epochs") == epochs:
