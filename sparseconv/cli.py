@@ -47,9 +47,12 @@ def cmd_evaluate(args):
         for src, dst in remap.items():
             lut[src] = dst
         pred, ref = lut[pred], lut[ref]
-    classes = sorted(set(np.unique(ref).tolist()) | set(np.unique(pred).tolist()))
     if args.ignore:
-        classes = [c for c in classes if c not in set(args.ignore)]
+        # Points whose reference code says nothing (e.g. 1 "unclassified") are left out; whatever the model
+        # predicted elsewhere still counts, so predicting an ignored code is an error, not a pass.
+        scored = ~np.isin(ref, args.ignore)
+        pred, ref = pred[scored], ref[scored]
+    classes = sorted(set(np.unique(ref).tolist()) | set(np.unique(pred).tolist()))
     cm = confusion_matrix(ref, pred, classes)
     s = scores(cm)
     print(f"points: {int(cm.sum()):,}  overall accuracy: {s['overall_accuracy']:.4f}  kappa: {s['kappa']:.4f}")
@@ -192,7 +195,8 @@ def build_parser():
     p.add_argument("--reference", help="labelled LAS/LAZ with the same points in the same order "
                                        "(default: the predicted file's own labels)")
     p.add_argument("--remap", help="merge classes before scoring, e.g. '3,4,5:5' (vegetation)")
-    p.add_argument("--ignore", type=int, nargs="*", default=[], help="class codes left out of the scores")
+    p.add_argument("--ignore", type=int, nargs="*", default=[], help="reference codes left out: points labelled so in the reference are not scored "
+                                                              "(predictions of any code still count)")
     p.add_argument("--png", help="also write the confusion matrix as a PNG")
     p.set_defaults(func=cmd_evaluate)
 

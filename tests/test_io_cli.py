@@ -111,6 +111,17 @@ def test_info_and_evaluate_commands(scene_las, tmp_path, capsys):
     cm = confusion_matrix(labels, flip, sorted(set(labels.tolist()) | {1}))
     assert f"overall accuracy: {scores(cm)['overall_accuracy']:.4f}" in out
     assert png.stat().st_size > 0
+    # --ignore leaves out reference codes; predicting an ignored code (1 here) still counts as an error.
+    ref = np.asarray(labels)
+    wrong = ref.copy()
+    wrong[np.flatnonzero(ref != 1)[:100]] = 1
+    pred2 = tmp_path / "pred2.las"
+    write_classified(str(src), str(pred2), lambda p: wrong[: len(p)] if len(p) == len(wrong) else None)
+    assert main(["evaluate", str(pred2), "--reference", str(src), "--ignore", "1"]) == 0
+    out = capsys.readouterr().out
+    scored = ref != 1
+    expected = np.mean(wrong[scored] == ref[scored])
+    assert expected < 1.0 and f"overall accuracy: {expected:.4f}" in out
 
 
 def test_scores_against_hand_computed():
