@@ -1,8 +1,13 @@
 """Builds the one extension, sparseconv._C, against the installed torch.
 
-C++ (OpenMP) always; CUDA sources (csrc/cuda/*.cu) when torch has CUDA and nvcc is found, or FORCE_CUDA=1.
-FORCE_ONLY_CPU=1 skips CUDA, DEBUG=1 builds -O0 -g. MAX_JOBS and TORCH_CUDA_ARCH_LIST are read by torch's
-BuildExtension. SPARSECONV_NATIVE=0 drops -march=native (for a binary that must run on other CPUs).
+C++ (OpenMP) always; CUDA sources (csrc/cuda/*.cu, and the host-only csrc/cuda/*.cpp) when torch has CUDA and nvcc
+is found, or FORCE_CUDA=1. FORCE_ONLY_CPU=1 skips CUDA, DEBUG=1 builds -O0 -g. MAX_JOBS is read by torch's
+BuildExtension. TORCH_CUDA_ARCH_LIST picks the GPU architectures ("8.0;9.0", "9.0+PTX"); by default the
+architectures of the visible GPUs, else 8.0;9.0. SPARSECONV_NATIVE=0 drops -march=native (for a binary that must
+run on other CPUs).
+
+tools/check_cuda_compile.py imports this file for nvcc_flags() and cuda_arch_list(), so the CI compile check
+uses exactly these flags; setup() itself only runs when this file is executed (pip, python setup.py).
 """
 import glob
 import os
@@ -28,6 +33,23 @@ def _with_cuda():
     return torch.cuda.is_available() and CUDA_HOME is not None
 
 
+def cuda_arch_list():
+    """TORCH_CUDA_ARCH_LIST when set; else the compute capabilities of the visible GPUs; else 8.0;9.0."""
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if env:
+        return env
+    if torch.cuda.is_available():
+        caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        return ";".join(f"{major}.{minor}" for major, minor in sorted(caps))
+    return "8.0;9.0"
+
+
+def nvcc_flags(debug=False):
+    """Flags for nvcc on top of what torch's BuildExtension adds (its COMMON_NVCC_FLAGS, -gencode per arch)."""
+    flags = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
+    return flags + ["-std=c++20", "-DSPARSECONV_WITH_CUDA"]
+
+
 def extension():
     debug = _flag("DEBUG")
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
@@ -44,15 +66,22 @@ def extension():
         extra_link_args=["-fopenmp"],
     )
     if _with_cuda():
-        kwargs["sources"] += sorted(glob.glob("csrc/cuda/*.cu"))
-        kwargs["extra_compile_args"]["cxx"].append("-DSPARSECONV_WITH_CUDA")
-        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++20", "-DSPARSECONV_WITH_CUDA"]
+        if torch.version.cuda is None:
+            raise SystemExit(f"sparseconv: FORCE_CUDA=1, but the installed torch {torch.__version__} has "
+                             "no CUDA (torch.version.cuda is None). Install a CUDA build of torch first, or "
+                             "build the CPU extension (FORCE_ONLY_CPU=1).")
+        archs = cuda_arch_list()
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs  # read by BuildExtension for the -gencode flags
+        kwargs["sources"] += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+        kwargs["extra_compile_args"]["cxx"] += ["-DSPARSECONV_WITH_CUDA", f'-DSPARSECONV_CUDA_ARCHS="{archs}"']
+        kwargs["extra_compile_args"]["nvcc"] = nvcc_flags(debug)
         return CUDAExtension(**kwargs)
     return CppExtension(**kwargs)
 
 
-setup(
-    version=VERSION,
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+if __name__ == "__main__":
+    setup(
+        version=VERSION,
+        ext_modules=[extension()],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )

@@ -19,11 +19,24 @@ inline void check_map(const at::Tensor& m, const char* name) {
   TORCH_CHECK_VALUE(m.is_contiguous(), name, ": expected a contiguous tensor");
 }
 
-inline void check_feats(const at::Tensor& f, const char* name) {
-  TORCH_CHECK_TYPE(f.scalar_type() == at::kFloat || f.scalar_type() == at::kDouble, name,
-                   ": expected float32 or float64 features, got ", f.scalar_type());
+// CPU kernels take float32 and float64; CUDA kernels (reduced = true) also float16 and bfloat16.
+inline void check_feats(const at::Tensor& f, const char* name, bool reduced = false) {
+  const auto t = f.scalar_type();
+  if (reduced) {
+    TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, name,
+                     ": expected float16, bfloat16, float32 or float64 features, got ", t);
+  } else {
+    TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble, name, ": expected float32 or float64 features, got ", t);
+  }
   TORCH_CHECK_VALUE(f.dim() == 2, name, ": expected shape [N, C], got ", f.sizes());
   TORCH_CHECK_VALUE(f.is_contiguous(), name, ": expected a contiguous tensor");
+}
+
+// Every tensor argument of a CUDA kernel on the device of the first one (the dispatcher picks the CUDA kernel
+// when any argument is on CUDA; a CPU tensor among them must be refused, not dereferenced).
+inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), name, ": expected a tensor on ", ref.device(), " (", ref_name,
+                    "'s device), got ", t.device());
 }
 
 // kernel_size / stride / padding / dilation arguments: three entries, each within [lo, hi].

@@ -8,6 +8,13 @@
 
 #include <c10/util/Exception.h>
 
+// The key helpers below are shared with the CUDA kernels (csrc/cuda/), which need them on the device too.
+#if defined(__CUDACC__)
+#define SPARSECONV_HOST_DEVICE __host__ __device__
+#else
+#define SPARSECONV_HOST_DEVICE
+#endif
+
 namespace sparseconv {
 
 constexpr int kAxisBits = 17;
@@ -16,18 +23,18 @@ constexpr int64_t kAxisLimit = int64_t(1) << kAxisBits;    // coordinates must b
 constexpr int64_t kBatchLimit = int64_t(1) << kBatchBits;  // batch indices must be < 4096
 constexpr int64_t kAxisMask = kAxisLimit - 1;
 
-inline int64_t pack_key(int64_t b, int64_t x, int64_t y, int64_t z) {
+SPARSECONV_HOST_DEVICE inline int64_t pack_key(int64_t b, int64_t x, int64_t y, int64_t z) {
   return (b << (3 * kAxisBits)) | (x << (2 * kAxisBits)) | (y << kAxisBits) | z;
 }
 
-inline void unpack_key(int64_t key, int32_t* out) {
+SPARSECONV_HOST_DEVICE inline void unpack_key(int64_t key, int32_t* out) {
   out[0] = int32_t(key >> (3 * kAxisBits));
   out[1] = int32_t((key >> (2 * kAxisBits)) & kAxisMask);
   out[2] = int32_t((key >> kAxisBits) & kAxisMask);
   out[3] = int32_t(key & kAxisMask);
 }
 
-inline bool in_key_range(int64_t b, int64_t x, int64_t y, int64_t z) {
+SPARSECONV_HOST_DEVICE inline bool in_key_range(int64_t b, int64_t x, int64_t y, int64_t z) {
   return uint64_t(b) < uint64_t(kBatchLimit) && uint64_t(x) < uint64_t(kAxisLimit) &&
          uint64_t(y) < uint64_t(kAxisLimit) && uint64_t(z) < uint64_t(kAxisLimit);
 }

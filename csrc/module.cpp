@@ -3,12 +3,21 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "determinism.h"
+
+#ifdef SPARSECONV_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #ifndef SPARSECONV_VERSION
 #define SPARSECONV_VERSION "unknown"
+#endif
+#ifndef SPARSECONV_CUDA_ARCHS
+#define SPARSECONV_CUDA_ARCHS ""
 #endif
 
 namespace {
@@ -27,8 +36,13 @@ py::dict build_info() {
   d["torch_threads"] = at::get_num_threads();
 #ifdef SPARSECONV_WITH_CUDA
   d["cuda"] = true;
+  // The toolkit this binary was compiled with ("13.0") and the architectures it holds code for ("8.0;9.0").
+  d["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string((CUDART_VERSION % 1000) / 10);
+  d["cuda_archs"] = SPARSECONV_CUDA_ARCHS;
 #else
   d["cuda"] = false;
+  d["cuda_version"] = py::none();
+  d["cuda_archs"] = "";
 #endif
 #if defined(__AVX512F__)
   d["simd"] = "avx512";
@@ -46,4 +60,7 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "sparseconv C++/CUDA operators (registered under torch.ops.sparseconv)";
   m.def("build_info", &build_info, "How this binary was built: version, torch, OpenMP threads, CUDA, SIMD");
+  // sparseconv.set_deterministic() mirrors its switch here, where the CUDA kernels read it (csrc/determinism.h).
+  m.def("_set_deterministic", [](bool on) { sparseconv::deterministic_flag().store(on); },
+        "Internal: sparseconv's deterministic-mode switch, as the C++ kernels see it");
 }

@@ -4,7 +4,35 @@ Importing loads the compiled operators (``torch.ops.sparseconv.*``); nothing is 
 """
 import torch  # noqa: F401  (loads libtorch before the extension)
 
-from . import _C
+_REBUILD = ("rebuild sparseconv against the installed torch: pip install --no-build-isolation "
+            "--force-reinstall --no-deps . (from the source tree; FORCE_CUDA=1 for CUDA with nvcc on PATH, "
+            "FORCE_ONLY_CPU=1 for a CPU-only build)")
+
+try:
+    from . import _C
+except ImportError as e:
+    # A CUDA build imported under a CPU-only torch (or another torch than it was built with) fails here with
+    # a missing libc10_cuda.so / undefined symbol; say what to do about it.
+    raise ImportError(f"sparseconv: the compiled extension does not load with torch {torch.__version__} "
+                      f"(CUDA {torch.version.cuda}): {e}. Probably it was built for another torch; "
+                      f"{_REBUILD}") from e
+
+
+def _check_cuda_build(info):
+    """A CUDA build must match torch's CUDA major version (its kernels and torch's runtime: one toolkit)."""
+    if not info.get("cuda"):
+        return
+    built = info.get("cuda_version") or ""
+    if torch.version.cuda is None:
+        raise RuntimeError(f"sparseconv: this build has CUDA {built} kernels, but torch {torch.__version__} "
+                           f"has no CUDA; {_REBUILD}")
+    if built.split(".")[0] != torch.version.cuda.split(".")[0]:
+        raise RuntimeError(f"sparseconv: built with CUDA {built}, but torch {torch.__version__} uses CUDA "
+                           f"{torch.version.cuda}; {_REBUILD}")
+
+
+_check_cuda_build(_C.build_info())
+
 from . import ops  # noqa: F401  (registers autograd and fake kernels)
 from .data_loading import collate
 from .determinism import is_deterministic, set_deterministic
@@ -15,9 +43,12 @@ __version__ = _C.build_info()["version"]
 
 
 def build_info():
-    """How this binary was built: version, torch it was built against, OpenMP threads, CUDA yes/no, SIMD."""
+    """How this binary was built: version, torch it was built against, OpenMP threads, SIMD, CUDA yes/no and,
+    for a CUDA build, the toolkit version (cuda_version) and GPU architectures (cuda_archs); plus the torch and
+    torch CUDA version running now."""
     info = dict(_C.build_info())
     info["torch_runtime"] = torch.__version__
+    info["torch_cuda_runtime"] = torch.version.cuda
     return info
 
 

@@ -4,11 +4,20 @@ On CPU the sparse convolution, pooling and kernel-map kernels are deterministic 
 is reduced by one thread in a fixed order, the work split does not change any sum, and there are no atomics
 (tests/test_threads.py). What is not is torch's CPU batch norm, whose statistics are summed in per-thread
 partial buffers. In deterministic mode, switched on by `set_deterministic(True)` or by
-`torch.use_deterministic_algorithms(True)`, X
-model heads) use `batch_norm` below instead. CUDA kernels, once written, must read `is_deterministic()` and
-avoid float atomics when it is True.
+`torch.use_deterministic_algorithms(True)`, the batch norms of sparseconv's layers (SparseBatchNorm,
+BatchNorm3d in model heads) use `batch_norm` below instead.
+
+On CUDA the kernel maps, convolution forward (both paths), pooling and the input gradient are deterministic in
+every mode too (no float atomics: each output element is reduced by one thread, or per kernel offset by cuBLAS).
+The one exception is the fused weight-gradient kernel, which adds partial sums with float atomics; in
+deterministic mode it writes them to a buffer reduced in a fixed order instead. The C++ side reads this switch
+(set_deterministic forwards it to sparseconv._C) or torch.are_deterministic_algorithms_enabled(). Note that
+torch.use_deterministic_algorithms(True) also makes torch's cuBLAS calls (the gemm path) require
+CUBLAS_WORKSPACE_CONFIG=:4096:8, as for any torch matmul.
 """
 import torch
+
+from . import _C
 
 _enabled = False
 
@@ -18,6 +27,7 @@ def set_deterministic(mode=True):
     switches it on)."""
     global _enabled
     _enabled = bool(mode)
+    _C._set_deterministic(_enabled)  # the C++/CUDA kernels' copy of the switch (csrc/determinism.h)
 
 
 def is_deterministic():
