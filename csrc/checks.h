@@ -2,6 +2,9 @@
 // TORCH_CHECK_VALUE / TORCH_CHECK_TYPE surface in Python as ValueError / TypeError.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <cmath>
 #include <c10/util/Exception.h>
 
 namespace sparseconv {
@@ -45,6 +48,42 @@ inline void check_triple(c10::IntArrayRef v, const char* name, int64_t lo, int64
   for (auto x : v) {
     TORCH_CHECK_VALUE(x >= lo && x <= hi, name, ": expected values in [", lo, ", ", hi, "], got ", v);
   }
+}
+
+// sparse_conv's weight [K, Cin, Cout] against the features and the map.
+inline void check_conv_weight(const at::Tensor& weight, const at::Tensor& feats, const at::Tensor& nbr) {
+  TORCH_CHECK_TYPE(weight.scalar_type() == feats.scalar_type(), "weight: expected dtype ", feats.scalar_type(),
+                   " (the features' dtype), got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 3, "weight: expected shape [K, Cin, Cout], got ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(0) == nbr.size(0), "weight: expected ", nbr.size(0),
+                    " kernel offsets (the map's), got ", weight.size(0));
+  TORCH_CHECK_VALUE(weight.size(1) == feats.size(1), "weight: expected Cin = ", feats.size(1),
+                    " (the features' channels), got ", weight.size(1));
+  TORCH_CHECK_VALUE(weight.is_contiguous(), "weight: expected a contiguous tensor");
+}
+
+// build_strided_map's geometry arguments (axis_limit: the largest coordinate the packed keys hold).
+inline void check_strided_args(c10::IntArrayRef spatial_shape, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                               c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t axis_limit) {
+  check_triple(spatial_shape, "spatial_shape", 1, axis_limit);
+  check_triple(kernel_size, "kernel_size", 1, 15);
+  check_triple(stride, "stride", 1, 64);
+  check_triple(padding, "padding", 0, 64);
+  check_triple(dilation, "dilation", 1, 64);
+}
+
+// voxelize's arguments: points [P, 3] floating point, 3 positive finite voxel sizes, 3 finite origin values.
+inline void check_voxelize_args(const at::Tensor& points, c10::ArrayRef<double> voxel_size,
+                                c10::ArrayRef<double> origin) {
+  TORCH_CHECK_TYPE(points.is_floating_point(), "points: expected floating-point coordinates, got ",
+                   points.scalar_type());
+  TORCH_CHECK_VALUE(points.dim() == 2 && points.size(1) == 3, "points: expected shape [P, 3], got ",
+                    points.sizes());
+  TORCH_CHECK_VALUE(voxel_size.size() == 3, "voxel_size: expected 3 values, got ", voxel_size.size());
+  TORCH_CHECK_VALUE(origin.size() == 3, "origin: expected 3 values, got ", origin.size());
+  for (double v : voxel_size)
+    TORCH_CHECK_VALUE(std::isfinite(v) && v > 0, "voxel_size: expected positive finite values, got ", voxel_size);
+  for (double o : origin) TORCH_CHECK_VALUE(std::isfinite(o), "origin: expected finite values, got ", origin);
 }
 
 }  // namespace sparseconv

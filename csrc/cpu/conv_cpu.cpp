@@ -190,22 +190,11 @@ void conv_weight_grad(const T* feats, int64_t n_in, int64_t cin, const T* gout, 
   });
 }
 
-void check_weight(const at::Tensor& weight, const at::Tensor& feats, const at::Tensor& nbr) {
-  TORCH_CHECK_TYPE(weight.scalar_type() == feats.scalar_type(), "weight: expected dtype ", feats.scalar_type(),
-                   " (the features' dtype), got ", weight.scalar_type());
-  TORCH_CHECK_VALUE(weight.dim() == 3, "weight: expected shape [K, Cin, Cout], got ", weight.sizes());
-  TORCH_CHECK_VALUE(weight.size(0) == nbr.size(0), "weight: expected ", nbr.size(0),
-                    " kernel offsets (the map's), got ", weight.size(0));
-  TORCH_CHECK_VALUE(weight.size(1) == feats.size(1), "weight: expected Cin = ", feats.size(1),
-                    " (the features' channels), got ", weight.size(1));
-  TORCH_CHECK_VALUE(weight.is_contiguous(), "weight: expected a contiguous tensor");
-}
-
 at::Tensor sparse_conv_cpu(const at::Tensor& feats, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            const at::Tensor& nbr, const c10::optional<at::Tensor>& nbr_t) {
   check_feats(feats, "feats");
   check_map(nbr, "nbr");
-  check_weight(weight, feats, nbr);
+  check_conv_weight(weight, feats, nbr);
   if (nbr_t.has_value() && nbr_t->defined()) {
     // Only backward reads it; checked here so a wrong map fails at the call that passed it.
     check_map(*nbr_t, "nbr_t");

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 
+#include "checks.h"
 #include "coords.h"
 
 namespace sparseconv {
@@ -14,15 +15,7 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> voxelize_cpu(const at::Tensor& points_in, c10::ArrayRef<double> voxel_size,
                                                 c10::ArrayRef<double> origin) {
-  TORCH_CHECK_TYPE(points_in.is_floating_point(), "points: expected floating-point coordinates, got ",
-                   points_in.scalar_type());
-  TORCH_CHECK_VALUE(points_in.dim() == 2 && points_in.size(1) == 3, "points: expected shape [P, 3], got ",
-                    points_in.sizes());
-  TORCH_CHECK_VALUE(voxel_size.size() == 3, "voxel_size: expected 3 values, got ", voxel_size.size());
-  TORCH_CHECK_VALUE(origin.size() == 3, "origin: expected 3 values, got ", origin.size());
-  for (double v : voxel_size)
-    TORCH_CHECK_VALUE(std::isfinite(v) && v > 0, "voxel_size: expected positive finite values, got ", voxel_size);
-  for (double o : origin) TORCH_CHECK_VALUE(std::isfinite(o), "origin: expected finite values, got ", origin);
+  check_voxelize_args(points_in, voxel_size, origin);
   // Voxel indices are computed in float64, so float32 points land exactly where floor((p - o) / v) says.
   const at::Tensor points = points_in.to(at::kDouble).contiguous();
   const int64_t P = points.size(0);

@@ -567,17 +567,6 @@ at::Tensor gemm_forward(const at::Tensor& feats, const at::Tensor& weight, const
   return out;
 }
 
-void check_weight(const at::Tensor& weight, const at::Tensor& feats, const at::Tensor& nbr) {
-  TORCH_CHECK_TYPE(weight.scalar_type() == feats.scalar_type(), "weight: expected dtype ", feats.scalar_type(),
-                   " (the features' dtype), got ", weight.scalar_type());
-  TORCH_CHECK_VALUE(weight.dim() == 3, "weight: expected shape [K, Cin, Cout], got ", weight.sizes());
-  TORCH_CHECK_VALUE(weight.size(0) == nbr.size(0), "weight: expected ", nbr.size(0),
-                    " kernel offsets (the map's), got ", weight.size(0));
-  TORCH_CHECK_VALUE(weight.size(1) == feats.size(1), "weight: expected Cin = ", feats.size(1),
-                    " (the features' channels), got ", weight.size(1));
-  TORCH_CHECK_VALUE(weight.is_contiguous(), "weight: expected a contiguous tensor");
-}
-
 void check_sizes(const at::Tensor& nbr, int64_t cin, int64_t cout) {
   TORCH_CHECK_VALUE(nbr.size(0) <= 65535, "nbr: at most 65535 kernel offsets on CUDA, got ", nbr.size(0));
   TORCH_CHECK_VALUE(cin < (int64_t(1) << 30) && cout < (int64_t(1) << 22), "feats / weight: channel counts (", cin,
@@ -592,7 +581,7 @@ at::Tensor sparse_conv_cuda(const at::Tensor& feats, const at::Tensor& weight, c
                             const at::Tensor& nbr, const c10::optional<at::Tensor>& nbr_t) {
   check_feats(feats, "feats", /*reduced=*/true);
   check_map(nbr, "nbr");
-  check_weight(weight, feats, nbr);
+  check_conv_weight(weight, feats, nbr);
   check_same_device(weight, "weight", feats, "feats");
   check_same_device(nbr, "nbr", feats, "feats");
   if (nbr_t.has_value() && nbr_t->defined()) {

@@ -130,11 +130,7 @@ std::tuple<at::Tensor, at::Tensor> build_strided_map_cuda(const at::Tensor& coor
                                                           c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
                                                           c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   check_int32_coords(coords, "coords");
-  check_triple(spatial_shape, "spatial_shape", 1, kAxisLimit);
-  check_triple(kernel_size, "kernel_size", 1, 15);
-  check_triple(stride, "stride", 1, 64);
-  check_triple(padding, "padding", 0, 64);
-  check_triple(dilation, "dilation", 1, 64);
+  check_strided_args(spatial_shape, kernel_size, stride, padding, dilation, kAxisLimit);
   Geometry g;
   for (int d = 0; d < 3; ++d) {
     const int64_t span = dilation[d] * (kernel_size[d] - 1) + 1;
