@@ -60,6 +60,7 @@ class CoordHash {
       s = (s + 1) & mask_;
     }
   }
+  int64_t capacity() const { return mask_ + 1; }
   int32_t value_at(int64_t slot) const { return vals_[slot]; }
   void set_value(int64_t slot, int32_t v) { vals_[slot] = v; }
   int32_t lookup(int64_t key) const {

@@ -230,3 +230,27 @@ def test_invert_map_rejects_out_of_range():
     nbr = torch.tensor([[0, 5, -1]], dtype=torch.int32)
     with pytest.raises((ValueError, TypeError), match="nbr|n_in"):
         ops.invert_map(nbr, 3)
+
+
+def test_strided_map_scattered_inputs_outgrow_the_first_table():
+    """Isolated inputs (4 apart) each reach 27 distinct outputs: more than the 8 per input the first hash table
+    is sized for, so the C++ builder has to start again with the worst-case table. Reference: every
+    (input, offset) pair scattered to its output (stride 1, padding 1), sorted and deduplicated in NumPy."""
+    import numpy as np
+
+    g = np.arange(1, 64, 4)
+    xyz = np.stack(np.meshgrid(g, g, g[:8], indexing="ij"), -1).reshape(-1, 3)
+    assert len(xyz) * 27 > 8 * len(xyz) and len(xyz) * 8 > 2 * torch.get_num_threads() * 27 + 4096
+    coords = torch.from_numpy(np.concatenate([np.zeros((len(xyz), 1), np.int64), xyz], 1).astype(np.int32))
+    out_coords, nbr = ops.build_strided_map(coords, [64, 64, 64], [3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1])
+    offs = np.array(list(itertools.product(range(3), repeat=3)))
+    outs = xyz[:, None, :] + 1 - offs[None]  # output o = x + padding - a
+    keys = outs.reshape(-1, 3)
+    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+    ref_nbr = np.full((27, len(uniq)), -1, np.int32)
+    rows = np.repeat(np.arange(len(xyz)), 27)
+    ks = np.tile(np.arange(27), len(xyz))
+    ref_nbr[ks, inv.reshape(-1)] = rows
+    assert out_coords.shape[0] == len(uniq) == 27 * len(xyz)
+    assert torch.equal(out_coords[:, 1:], torch.from_numpy(uniq.astype(np.int32)))
+    assert torch.equal(nbr, torch.from_numpy(ref_nbr))

@@ -9,6 +9,7 @@
 
 #include <array>
 #include <atomic>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -192,19 +193,40 @@ std::tuple<at::Tensor, at::Tensor> build_strided_map_cpu(const at::Tensor& coord
         }
   };
 
-  CoordHash table(bound);
-  at::parallel_for(0, n, 1 << 12, [&](int64_t lo, int64_t hi) {
-    bool inserted;
-    for (int64_t j = lo; j < hi; ++j) for_each_hit(j, [&](int64_t, int64_t key) { table.insert(key, &inserted); });
-  });
-  std::vector<int64_t> keys = table.keys();
+  // The table is first sized for 8 outputs per input (a 3x3x3 kernel dilates a surface 3-6 fold), not for the
+  // worst case of `bound` (27 per input: 8x the memory). When more distinct outputs turn up (scattered inputs),
+  // the pass stops once the table is half full and starts again sized for `bound`. Between two checks each
+  // thread adds at most per_input keys, so the first table never fills.
+  const int64_t threads = at::get_num_threads();
+  const int64_t guess = std::min(bound, std::max<int64_t>(8 * n, 2 * threads * per_input + 4096));
+  std::unique_ptr<CoordHash> table;
+  for (const int64_t announced : {guess, bound}) {
+    table.reset();  // the first table goes before the second is allocated
+    table = std::make_unique<CoordHash>(announced);
+    const int64_t limit = table->capacity() / 2;  // >= bound when announced == bound: never reached then
+    std::atomic<int64_t> count{0};
+    std::atomic<bool> full{false};
+    at::parallel_for(0, n, 1 << 12, [&](int64_t lo, int64_t hi) {
+      bool inserted;
+      for (int64_t j = lo; j < hi && !full.load(std::memory_order_relaxed); ++j) {
+        int64_t added = 0;
+        for_each_hit(j, [&](int64_t, int64_t key) {
+          table->insert(key, &inserted);
+          added += inserted;
+        });
+        if (added && count.fetch_add(added, std::memory_order_relaxed) + added > limit) full = true;
+      }
+    });
+    if (!full.load()) break;
+  }
+  std::vector<int64_t> keys = table->keys();
   radix_sort(keys);
   const int64_t m = int64_t(keys.size());
   at::Tensor out_coords = at::empty({m, 4}, coords.options());
   int32_t* oc = out_coords.data_ptr<int32_t>();
   at::parallel_for(0, m, 1 << 12, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
-      table.set_value(table.find(keys[r]), int32_t(r));
+      table->set_value(table->find(keys[r]), int32_t(r));
       unpack_key(keys[r], oc + 4 * r);
     }
   });
@@ -219,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor> build_strided_map_cpu(const at::Tensor& coord
     for (int64_t j = lo; j < hi; ++j) {
       bool first = true;
       for_each_hit(j, [&](int64_t k, int64_t key) {
-        int32_t* slot = mp + k * m + table.lookup(key);
+        int32_t* slot = mp + k * m + table->lookup(key);
         if (first) {
           int32_t expected = -1;
           if (!__atomic_compare_exchange_n(slot, &expected, int32_t(j), false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
