@@ -72,10 +72,43 @@ def _predict(model, batch, device):
     return torch.softmax(logits.float(), 1).cpu()
 
 
+def _in_square(ti, tj, square):
+    x, y, side = square
+    return (ti >= x) & (ti < x + side) & (tj >= y) & (tj < y + side)
+
+
+def _classify_part(pts, rows, part, block, model, labels, codes, lo, tile, overlap, grid, batch_points, names,
+                   voxel, lut, rgb_div, device):
+    """Labels the points whose tile lies in `part` (a square of tiles inside `block`, both (first tile x,
+    first tile y, side)); pts holds them plus every point within the overlap around the part, rows their
+    rows in the file. Scores of every window covering a point are summed. Returns the points labelled."""
+    ntx, nty = grid
+    # The ground estimate sees the part and its margin: the same context the windows get.
+    hag = height_above_ground(pts["x"], pts["y"], pts["z"])
+    win, ids = window_members(pts["x"], pts["y"], lo[0], lo[1], tile, overlap, ntx, nty)
+    wi, wj = ids // nty, ids % nty
+    mine = _in_square(wi, wj, part) & _in_square(wi, wj, block)
+    score = torch.zeros(rows.size, codes.size)
+    pending, pending_rows, n_pending = [], [], 0
+    groups = split_by_id(win[mine], ids[mine])
+    for g, (_, r) in enumerate(groups):
+        pending.append(({name: v[r] for name, v in pts.items()}, hag[r], lut, rgb_div))
+        pending_rows.append(r)
+        n_pending += r.size
+        if n_pending >= batch_points or g == len(groups) - 1:
+            prob = _predict(model, make_batch(pending, names, voxel), device)
+            score.index_add_(0, torch.from_numpy(np.concatenate(pending_rows)), prob)
+            pending, pending_rows, n_pending = [], [], 0
+    ti, tj = tile_index(pts["x"], lo[0], tile, ntx), tile_index(pts["y"], lo[1], tile, nty)
+    own = _in_square(ti, tj, part) & _in_square(ti, tj, block)
+    labels[rows[own]] = codes[score[torch.from_numpy(own)].argmax(1).numpy()]
+    return int(own.sum())
+
+
 def classify_file(src, dst, model, config, overwrite=False, device="cpu", batch_points=300_000,
                   block_points=2_000_000, chunk_size=1_000_000, progress=True, tmp_dir=None, tile_size=128.0):
     """Classifies src into dst (LAS or LAZ by extension). Returns a dict: points, seconds per phase, class
-    histogram written.
+    histogram written, parts (how many pieces ran through pass 2: one per block unless points cluster).
 
     tile_size: inference tiles in metres (None: the training tile). The network is convolutional, so larger
     tiles than in training only add context, and the overlap (config["overlap"] on every side) costs less."""
@@ -126,30 +159,35 @@ def classify_file(src, dst, model, config, overwrite=False, device="cpu", batch_
         lut, rgb_div = stats.lut, stats.rgb_div
         labels = np.lib.format.open_memmap(os.path.join(tmp, "labels.npy"), "w+", np.uint8, (n_total,))
         t1, bar = time.perf_counter(), _bar(n_total, "classify", progress)
+        n_run = 0
         for b in sorted(spill.counts):
             rec = spill.load(b)
             pts = {name: rec[name] for name in dtype.names[1:]}
             bi, bj = divmod(b, nby)
-            # The ground estimate sees the block and its margin: the same context the windows get.
-            hag = height_above_ground(pts["x"], pts["y"], pts["z"])
-            rows, ids = window_members(pts["x"], pts["y"], lo[0], lo[1], tile, overlap, ntx, nty)
-            ti, tj = ids // nty, ids % nty
-            mine = (ti // k == bi) & (tj // k == bj)
-            score = torch.zeros(rec.size, codes.size)
-            pending, pending_rows, n_pending = [], [], 0
-            groups = split_by_id(rows[mine], ids[mine])
-            for g, (_, r) in enumerate(groups):
-                pending.append(({name: v[r] for name, v in pts.items()}, hag[r], lut, rgb_div))
-                pending_rows.append(r)
-                n_pending += r.size
-                if n_pending >= batch_points or g == len(groups) - 1:
-                    prob = _predict(model, make_batch(pending, names, voxel), device)
-                    score.index_add_(0, torch.from_numpy(np.concatenate(pending_rows)), prob)
-                    pending, pending_rows, n_pending = [], [], 0
-            own = (tile_index(pts["x"], lo[0], block, nbx) == bi) & (tile_index(pts["y"], lo[1], block, nby) == bj)
-            labels[rec["row"][own]] = codes[score[torch.from_numpy(own)].argmax(1).numpy()]
-            if bar:
-                bar.update(int(own.sum()))
+            # Where points cluster, a block holds more than planned (the plan assumed the bounding box's mean
+            # density). It then runs as parts of s x s tiles, s set by its densest tile so that a part holds
+            # about block_points points: memory stays bounded. Otherwise the block is one part (s == k).
+            s = k
+            if rec.size > 2 * block_points:
+                ti = tile_index(pts["x"], lo[0], tile, ntx) - bi * k
+                tj = tile_index(pts["y"], lo[1], tile, nty) - bj * k
+                inb = (ti >= 0) & (ti < k) & (tj >= 0) & (tj < k)
+                densest = np.bincount(ti[inb] * k + tj[inb], minlength=k * k).max()
+                s = max(1, min(k, int(math.sqrt(block_points / max(densest, 1)))))
+            n_parts = -(-k // s)
+            if s == k:
+                parts = [(0, np.arange(rec.size))]
+            else:  # each part's points and those within the overlap around it: all its windows need
+                parts = split_by_id(*window_members(pts["x"], pts["y"], lo[0] + bi * k * tile, lo[1] + bj * k * tile,
+                                                    s * tile, overlap, n_parts, n_parts))
+            n_run += len(parts)
+            for pid, sel in parts:
+                part = (bi * k + (pid // n_parts) * s, bj * k + (pid % n_parts) * s, s)  # first tile x, y; side
+                sub = pts if s == k else {n_: v[sel] for n_, v in pts.items()}
+                done = _classify_part(sub, rec["row"][sel], part, (bi * k, bj * k, k), model, labels, codes, lo,
+                                      tile, overlap, (ntx, nty), batch_points, names, voxel, lut, rgb_div, device)
+                if bar:
+                    bar.update(done)
         if bar:
             bar.close()
         times["classify"] = time.perf_counter() - t1
@@ -165,4 +203,4 @@ def classify_file(src, dst, model, config, overwrite=False, device="cpu", batch_
         times["write"] = time.perf_counter() - t2
         del labels
     times["total"] = time.perf_counter() - t0
-    return {"points": n_total, "seconds": times, "classes": histogram}
+    return {"points": n_total, "seconds": times, "classes": histogram, "parts": n_run}
