@@ -254,3 +254,9 @@ def test_strided_map_scattered_inputs_outgrow_the_first_table():
     assert out_coords.shape[0] == len(uniq) == 27 * len(xyz)
     assert torch.equal(out_coords[:, 1:], torch.from_numpy(uniq.astype(np.int32)))
     assert torch.equal(nbr, torch.from_numpy(ref_nbr))
+
+
+def test_strided_map_rejects_an_output_grid_past_the_key_range():
+    coords = torch.tensor([[0, 131071, 0, 0]], dtype=torch.int32)
+    with pytest.raises(ValueError, match="output grid"):
+        ops.build_strided_map(coords, [131072, 8, 8], [3, 3, 3], [1, 1, 1], [2, 2, 2], [1, 1, 1])

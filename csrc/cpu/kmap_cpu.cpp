@@ -138,6 +138,8 @@ std::tuple<at::Tensor, at::Tensor> build_strided_map_cpu(const at::Tensor& coord
     TORCH_CHECK_VALUE(padded >= span, "kernel_size: the dilated kernel (", span, ") is larger than the padded input (",
                       padded, ") along axis ", d);
     out_shape[d] = (padded - span) / stride[d] + 1;
+    TORCH_CHECK_VALUE(out_shape[d] <= kAxisLimit, "spatial_shape / padding: the output grid (", out_shape[d],
+                      ") exceeds the coordinate limit (", kAxisLimit, ") along axis ", d);
   }
   const int64_t n = coords.size(0);
   const int64_t K = kernel_size[0] * kernel_size[1] * kernel_size[2];
@@ -176,7 +178,9 @@ std::tuple<at::Tensor, at::Tensor> build_strided_map_cpu(const at::Tensor& coord
   for (int d = 0; d < 3; ++d) grid *= out_shape[d];
   int64_t max_batch = 0;
   for (int64_t i = 0; i < n; ++i) max_batch = std::max<int64_t>(max_batch, c[4 * i]);
-  const int64_t bound = std::min(n * per_input, grid * (max_batch + 1));
+  // min(n * per_input, grid * batches) without overflowing grid * batches (grid can reach ~2^51).
+  const int64_t batches = max_batch + 1, by_inputs = n * per_input;
+  const int64_t bound = grid > by_inputs / batches ? by_inputs : grid * batches;
 
   // Visits every (offset k, input row j, output key) triple.
   auto for_each_hit = [&](int64_t j, auto&& fn) {

@@ -1,8 +1,9 @@
 // torch.autocast("cuda") for the sparse convolution: like torch's convolutions (autocast's lower-precision list),
 // sparse_conv casts its floating-point inputs to the autocast dtype (float16 by default, or bfloat16) and runs
-// there, on tensor cores; float64 inputs are left alone. The casts go through autocast's weight cache and are
-// differentiable, so gradients come back in the parameters' dtypes. Pooling is not registered: its CUDA kernels
-// take every floating dtype, so it runs in the dtype it is given (autocast's fallthrough).
+// there, on tensor cores; float64 inputs are left alone. The casts are differentiable, so gradients come back in
+// the parameters' dtypes (the layers pass a view of their weight, not the leaf, so autocast's weight cache does
+// not hold it: the weight is cast on every call). Pooling is not registered: its CUDA kernels take every
+// floating dtype, so it runs in the dtype it is given (autocast's fallthrough).
 //
 // Host-only code, compiled by the C++ compiler in CUDA builds (setup.py adds csrc/cuda/*.cpp then).
 // HARDWARE STATUS: compile-checked, not yet run on a GPU.

@@ -391,6 +391,10 @@ __global__ void __launch_bounds__(128)
       out[i * cout + cc] = static_cast<T>(v);
     }
   }
+#else
+  // Compiled for an architecture without these tensor-core shapes (e.g. PTX below 8.0 JIT-compiled on a newer
+  // GPU, which the host's device check would let through): fail loudly rather than leave `out` unwritten.
+  __trap();
 #endif
 }
 
@@ -569,7 +573,8 @@ at::Tensor gemm_forward(const at::Tensor& feats, const at::Tensor& weight, const
 
 void check_sizes(const at::Tensor& nbr, int64_t cin, int64_t cout) {
   TORCH_CHECK_VALUE(nbr.size(0) <= 65535, "nbr: at most 65535 kernel offsets on CUDA, got ", nbr.size(0));
-  TORCH_CHECK_VALUE(cin < (int64_t(1) << 30) && cout < (int64_t(1) << 22), "feats / weight: channel counts (", cin,
+  // cout <= 65535 * 64: the fused forward's grid.y is ceil(cout / 64), at most 65535.
+  TORCH_CHECK_VALUE(cin < (int64_t(1) << 30) && cout <= int64_t(65535) * 64, "feats / weight: channel counts (", cin,
                     ", ", cout, ") too large for the CUDA kernels");
 }
 
@@ -648,8 +653,9 @@ at::Tensor sparse_conv_weight_grad_cuda(const at::Tensor& feats, const at::Tenso
     const auto acc_dtype = c10::CppTypeToScalarType<AccT>::value;
     if (use_fused_wgrad(cin, cout)) {
       at::Tensor bad = at::zeros({1}, nbr.options());
-      const int tiles = int(((cin + 15) / 16) * ((cout + 15) / 16));
-      TORCH_CHECK_VALUE(tiles <= 65535, "feats / grad_out: too many channel tiles for the fused weight gradient");
+      const int64_t tiles64 = ((cin + 15) / 16) * ((cout + 15) / 16);  // int64: no wrap before the check
+      TORCH_CHECK_VALUE(tiles64 <= 65535, "feats / grad_out: too many channel tiles for the fused weight gradient");
+      const int tiles = int(tiles64);
       const scalar_t* f = feats.data_ptr<scalar_t>();
       const scalar_t* g = grad_out.data_ptr<scalar_t>();
       const int32_t* m = nbr.data_ptr<int32_t>();

@@ -142,6 +142,8 @@ std::tuple<at::Tensor, at::Tensor> build_strided_map_cuda(const at::Tensor& coor
     g.pad[d] = padding[d];
     g.dil[d] = dilation[d];
     g.out[d] = (padded - span) / stride[d] + 1;
+    TORCH_CHECK_VALUE(g.out[d] <= kAxisLimit, "spatial_shape / padding: the output grid (", g.out[d],
+                      ") exceeds the coordinate limit (", kAxisLimit, ") along axis ", d);
     g.in[d] = spatial_shape[d];
   }
   c10::cuda::CUDAGuard guard(coords.device());
@@ -167,7 +169,9 @@ std::tuple<at::Tensor, at::Tensor> build_strided_map_cuda(const at::Tensor& coor
     per_input *= (kernel_size[d] + period - 1) / period;
     grid *= g.out[d];
   }
-  const int64_t bound = std::min(n * per_input, grid * (f[4] + 1));
+  // min(n * per_input, grid * batches) without overflowing grid * batches (grid can reach ~2^51).
+  const int64_t batches = f[4] + 1, by_inputs = n * per_input;
+  const int64_t bound = grid > by_inputs / batches ? by_inputs : grid * batches;
   Table outputs = make_table(bound, coords);
   const int32_t* c = coords.data_ptr<int32_t>();
   strided_candidates_kernel<<<loop_blocks(n), kThreads, 0, stream>>>(c, n, g, outputs.view());
