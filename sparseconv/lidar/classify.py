@@ -87,7 +87,9 @@ def _classify_part(pts, rows, part, block, model, labels, codes, lo, tile, overl
     hag = height_above_ground(pts["x"], pts["y"], pts["z"])
     win, ids = window_members(pts["x"], pts["y"], lo[0], lo[1], tile, overlap, ntx, nty)
     wi, wj = ids // nty, ids % nty
-    mine = _in_square(wi, wj, part) & _in_square(wi, wj, block)
+    mine = _in_square(wi, wj, block)
+    if part != block:
+        mine &= _in_square(wi, wj, part)
     score = torch.zeros(rows.size, codes.size)
     pending, pending_rows, n_pending = [], [], 0
     groups = split_by_id(win[mine], ids[mine])
@@ -100,7 +102,9 @@ def _classify_part(pts, rows, part, block, model, labels, codes, lo, tile, overl
             score.index_add_(0, torch.from_numpy(np.concatenate(pending_rows)), prob)
             pending, pending_rows, n_pending = [], [], 0
     ti, tj = tile_index(pts["x"], lo[0], tile, ntx), tile_index(pts["y"], lo[1], tile, nty)
-    own = _in_square(ti, tj, part) & _in_square(ti, tj, block)
+    own = _in_square(ti, tj, block)
+    if part != block:
+        own &= _in_square(ti, tj, part)
     labels[rows[own]] = codes[score[torch.from_numpy(own)].argmax(1).numpy()]
     return int(own.sum())
 
@@ -176,15 +180,16 @@ def classify_file(src, dst, model, config, overwrite=False, device="cpu", batch_
                 s = max(1, min(k, int(math.sqrt(block_points / max(densest, 1)))))
             n_parts = -(-k // s)
             if s == k:
-                parts = [(0, np.arange(rec.size))]
+                parts = [(0, None)]  # the whole block
             else:  # each part's points and those within the overlap around it: all its windows need
                 parts = split_by_id(*window_members(pts["x"], pts["y"], lo[0] + bi * k * tile, lo[1] + bj * k * tile,
                                                     s * tile, overlap, n_parts, n_parts))
             n_run += len(parts)
             for pid, sel in parts:
                 part = (bi * k + (pid // n_parts) * s, bj * k + (pid % n_parts) * s, s)  # first tile x, y; side
-                sub = pts if s == k else {n_: v[sel] for n_, v in pts.items()}
-                done = _classify_part(sub, rec["row"][sel], part, (bi * k, bj * k, k), model, labels, codes, lo,
+                sub = pts if sel is None else {n_: v[sel] for n_, v in pts.items()}
+                rows = rec["row"] if sel is None else rec["row"][sel]
+                done = _classify_part(sub, rows, part, (bi * k, bj * k, k), model, labels, codes, lo,
                                       tile, overlap, (ntx, nty), batch_points, names, voxel, lut, rgb_div, device)
                 if bar:
                     bar.update(done)
