@@ -171,6 +171,29 @@ __global__ void init_rows_kernel(AccT* __restrict__ acc, const T* __restrict__ b
   SPARSECONV_KERNEL_LOOP(e, n * C) { acc[e] = bias ? static_cast<AccT>(bias[e % C]) : AccT(0); }
 }
 
+// The input row of each of a tile's BM outputs for offset k into rows[] (-1: none; entries >= n_in set `bad` and
+// count as none). Every thread of the block must call it (it ends in a barrier); true when any row is valid.
+template <int BM>
+__device__ __forceinline__ bool load_tile_rows(const int32_t* __restrict__ nbr, int k, int64_t i0, int64_t n_out,
+                                               int64_t n_in, int tid, int32_t* rows, bool& bad) {
+  int valid = 0;
+  if (tid < BM) {
+    const int64_t i = i0 + tid;
+    int32_t j = -1;
+    if (i < n_out) {
+      j = nbr[int64_t(k) * n_out + i];
+      if (j >= n_in) {
+        bad = true;
+        j = -1;
+      }
+      if (j < 0) j = -1;
+    }
+    rows[tid] = j;
+    valid = j >= 0;
+  }
+  return __syncthreads_or(valid);
+}
+
 // ------------------------------------------------------------------------------------------------------------
 // Fused forward, SIMT: 64 x 64 output tile per block of 256 threads, 4 x 4 outputs per thread.
 // ------------------------------------------------------------------------------------------------------------
@@ -199,22 +222,7 @@ __global__ void __launch_bounds__(256)
   }
   bool local_bad = false;
   for (int k = 0; k < K; ++k) {
-    int valid = 0;
-    if (tid < BM) {
-      const int64_t i = i0 + tid;
-      int32_t j = -1;
-      if (i < n_out) {
-        j = nbr[int64_t(k) * n_out + i];
-        if (j >= n_in) {
-          local_bad = true;
-          j = -1;
-        }
-        if (j < 0) j = -1;
-      }
-      rows[tid] = j;
-      valid = j >= 0;
-    }
-    if (!__syncthreads_or(valid)) continue;  // no active input in this tile for offset k
+    if (!load_tile_rows<BM>(nbr, k, i0, n_out, n_in, tid, rows, local_bad)) continue;  // none for offset k
     const T* wk = w + int64_t(k) * cin * cout;
     for (int c0 = 0; c0 < cin; c0 += BK) {
       for (int e = tid; e < BM * BK; e += 256) {
@@ -308,22 +316,7 @@ __global__ void __launch_bounds__(128)
 
   bool local_bad = false;
   for (int k = 0; k < K; ++k) {
-    int valid = 0;
-    if (tid < BM) {
-      const int64_t i = i0 + tid;
-      int32_t j = -1;
-      if (i < n_out) {
-        j = nbr[int64_t(k) * n_out + i];
-        if (j >= n_in) {
-          local_bad = true;
-          j = -1;
-        }
-        if (j < 0) j = -1;
-      }
-      rows[tid] = j;
-      valid = j >= 0;
-    }
-    if (!__syncthreads_or(valid)) continue;
+    if (!load_tile_rows<BM>(nbr, k, i0, n_out, n_in, tid, rows, local_bad)) continue;
     const uint16_t* wk = w16 + int64_t(k) * cin * cout;
     for (int c0 = 0; c0 < cin; c0 += BK) {
       if (VA) {
