@@ -27,10 +27,18 @@ struct DeviceTable {
   int32_t* vals;
   int64_t mask;
 
-  // Claims the slot of `key` (inserting it when absent) and returns it.
+  // Claims the slot of `key` (inserting it when absent) and returns it. A slot's key never changes once set, so
+  // a plain (volatile) read settles occupied slots; the CAS runs only on empty ones (many points of one voxel
+  // would otherwise serialise on its slot).
   __device__ int64_t insert(int64_t key) const {
     int64_t s = int64_t(mix_key(uint64_t(key)) & uint64_t(mask));
     while (true) {
+      const int64_t seen = *reinterpret_cast<volatile const int64_t*>(keys + s);
+      if (seen == key) return s;
+      if (seen != kEmptyKey) {
+        s = (s + 1) & mask;
+        continue;
+      }
       const unsigned long long prev = atomicCAS(reinterpret_cast<unsigned long long*>(keys + s),
                                                 static_cast<unsigned long long>(kEmptyKey),
                                                 static_cast<unsigned long long>(key));
