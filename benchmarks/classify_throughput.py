@@ -51,6 +51,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
+from bench_conv import _status_mib as status_mib  # noqa: E402
 from bench_conv import children_cpu_s, cpu_busy_s, foreign_load, machine_facts  # noqa: E402
 from compare_peers import write_atomic  # noqa: E402
 
@@ -82,17 +83,6 @@ def loadavg() -> float | None:
             return float(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def status_mib(field: str, pid: str = "self") -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
+#include <c10/util/Optional.h>
 
 #include <cmath>
 #include <c10/util/Exception.h>
@@ -60,6 +61,20 @@ inline void check_conv_weight(const at::Tensor& weight, const at::Tensor& feats,
   TORCH_CHECK_VALUE(weight.size(1) == feats.size(1), "weight: expected Cin = ", feats.size(1),
                     " (the features' channels), got ", weight.size(1));
   TORCH_CHECK_VALUE(weight.is_contiguous(), "weight: expected a contiguous tensor");
+}
+
+// sparse_conv's optional transposed map: [K, input rows], or absent only for a centre-symmetric submanifold map
+// (only backward reads it; checked at the call so a wrong map fails where it was passed).
+inline void check_conv_nbr_t(const c10::optional<at::Tensor>& nbr_t, const at::Tensor& nbr, const at::Tensor& feats) {
+  if (nbr_t.has_value() && nbr_t->defined()) {
+    check_map(*nbr_t, "nbr_t");
+    TORCH_CHECK_VALUE(nbr_t->size(0) == nbr.size(0) && nbr_t->size(1) == feats.size(0), "nbr_t: expected shape [",
+                      nbr.size(0), ", ", feats.size(0), "] (K, input rows), got ", nbr_t->sizes());
+  } else {
+    TORCH_CHECK_VALUE(nbr.size(1) == feats.size(0), "nbr_t: None is only valid for a centre-symmetric "
+                      "submanifold map (N_out == N_in), but nbr has ", nbr.size(1), " outputs for ", feats.size(0),
+                      " inputs");
+  }
 }
 
 // build_strided_map's geometry arguments (axis_limit: the largest coordinate the packed keys hold).

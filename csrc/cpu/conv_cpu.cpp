@@ -195,16 +195,7 @@ at::Tensor sparse_conv_cpu(const at::Tensor& feats, const at::Tensor& weight, co
   check_feats(feats, "feats");
   check_map(nbr, "nbr");
   check_conv_weight(weight, feats, nbr);
-  if (nbr_t.has_value() && nbr_t->defined()) {
-    // Only backward reads it; checked here so a wrong map fails at the call that passed it.
-    check_map(*nbr_t, "nbr_t");
-    TORCH_CHECK_VALUE(nbr_t->size(0) == nbr.size(0) && nbr_t->size(1) == feats.size(0), "nbr_t: expected shape [",
-                      nbr.size(0), ", ", feats.size(0), "] (K, input rows), got ", nbr_t->sizes());
-  } else {
-    TORCH_CHECK_VALUE(nbr.size(1) == feats.size(0), "nbr_t: None is only valid for a centre-symmetric "
-                      "submanifold map (N_out == N_in), but nbr has ", nbr.size(1), " outputs for ", feats.size(0),
-                      " inputs");
-  }
+  check_conv_nbr_t(nbr_t, nbr, feats);
   const int64_t cout = weight.size(2), n_out = nbr.size(1);
   const at::Tensor* b = nullptr;
   if (bias.has_value() && bias->defined()) {

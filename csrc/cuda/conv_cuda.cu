@@ -582,16 +582,8 @@ at::Tensor sparse_conv_cuda(const at::Tensor& feats, const at::Tensor& weight, c
   check_conv_weight(weight, feats, nbr);
   check_same_device(weight, "weight", feats, "feats");
   check_same_device(nbr, "nbr", feats, "feats");
-  if (nbr_t.has_value() && nbr_t->defined()) {
-    check_map(*nbr_t, "nbr_t");
-    check_same_device(*nbr_t, "nbr_t", feats, "feats");
-    TORCH_CHECK_VALUE(nbr_t->size(0) == nbr.size(0) && nbr_t->size(1) == feats.size(0), "nbr_t: expected shape [",
-                      nbr.size(0), ", ", feats.size(0), "] (K, input rows), got ", nbr_t->sizes());
-  } else {
-    TORCH_CHECK_VALUE(nbr.size(1) == feats.size(0), "nbr_t: None is only valid for a centre-symmetric "
-                      "submanifold map (N_out == N_in), but nbr has ", nbr.size(1), " outputs for ", feats.size(0),
-                      " inputs");
-  }
+  check_conv_nbr_t(nbr_t, nbr, feats);
+  if (nbr_t.has_value() && nbr_t->defined()) check_same_device(*nbr_t, "nbr_t", feats, "feats");
   const int64_t cout = weight.size(2), n_out = nbr.size(1), cin = feats.size(1);
   const at::Tensor* b = nullptr;
   if (bias.has_value() && bias->defined()) {
