@@ -17,7 +17,8 @@ __global__ void insert_coords_kernel(const int32_t* __restrict__ c, int64_t n, D
       continue;
     }
     if (check_shape && (r[1] >= sx || r[2] >= sy || r[3] >= sz)) atomicMin(flags + 1, (long long)i);
-    atomicMax(flags + 4, (long long)r[0]);
+    // Read first: one atomic per row on one address would serialise the whole pass.
+    if (r[0] > *reinterpret_cast<volatile long long*>(flags + 4)) atomicMax(flags + 4, (long long)r[0]);
     const int64_t s = table.insert(pack_key(r[0], r[1], r[2], r[3]));
     atomicMin(table.vals + s, int32_t(i));
   }

@@ -2,9 +2,10 @@
 // (the counterpart of csrc/coords.h + csrc/cpu/coords_cpu.cpp).
 //
 // Open addressing with linear probing over packed 63-bit keys (csrc/coords.h), the same mix function as the CPU
-// table. Capacity is a power of two at least twice the number of keys the caller announces (sized from the
-// input), so the table never fills and every probe sequence ends at an empty slot: there is no overflow case.
-// Keys outside the packed range are never inserted; the operators report them with the CPU's ValueError.
+// table. Capacity is a power of two at least twice the number of keys the caller announces, so every probe
+// sequence ends at an empty slot. insert() relies on that bound (tables sized from the rows they receive);
+// insert_bounded() caps the probe length instead (build_strided_map's first table, sized by a guess). Keys
+// outside the packed range are never inserted; the operators report them with the CPU's ValueError.
 #pragma once
 #include "cuda/cuda_utils.cuh"
 
@@ -46,6 +47,24 @@ struct DeviceTable {
         return s;
       s = (s + 1) & mask;
     }
+  }
+  // insert() for a table that may be too small: gives up (false) after kMaxProbes occupied slots, so every call
+  // ends even in a full table. A half-full table gives up with negligible probability (a run of 128 occupied
+  // slots); the caller treats a give-up as "table too small" and starts again with a table sized for every key.
+  static constexpr int kMaxProbes = 128;
+  __device__ bool insert_bounded(int64_t key) const {
+    int64_t s = int64_t(mix_key(uint64_t(key)) & uint64_t(mask));
+    for (int p = 0; p < kMaxProbes; ++p, s = (s + 1) & mask) {
+      const int64_t seen = *reinterpret_cast<volatile const int64_t*>(keys + s);
+      if (seen == key) return true;
+      if (seen != kEmptyKey) continue;
+      const unsigned long long prev = atomicCAS(reinterpret_cast<unsigned long long*>(keys + s),
+                                                static_cast<unsigned long long>(kEmptyKey),
+                                                static_cast<unsigned long long>(key));
+      if (prev == static_cast<unsigned long long>(kEmptyKey) || prev == static_cast<unsigned long long>(key))
+        return true;
+    }
+    return false;
   }
   // Slot holding `key`, or -1. Only for kernels launched after the inserts.
   __device__ int64_t find(int64_t key) const {

@@ -108,11 +108,21 @@ __device__ inline bool valid_row(const Geometry& g, const int32_t* r) {
   return in_key_range(r[0], r[1], r[2], r[3]) && r[1] < g.in[0] && r[2] < g.in[1] && r[3] < g.in[2];
 }
 
-__global__ void strided_candidates_kernel(const int32_t* __restrict__ c, int64_t n, Geometry g, DeviceTable out) {
+// bounded: a table sized by a guess, filled through DeviceTable::insert_bounded; a give-up sets *too_small and
+// the pass stops early (the caller starts again). Otherwise a table sized for every possible output.
+__global__ void strided_candidates_kernel(const int32_t* __restrict__ c, int64_t n, Geometry g, DeviceTable out,
+                                          bool bounded, int64_t* too_small) {
   SPARSECONV_KERNEL_LOOP(j, n) {
     const int32_t* r = c + 4 * j;
     if (!valid_row(g, r)) continue;
-    for_each_hit(g, r, [&](int64_t, int64_t key) { out.insert(key); });
+    if (bounded) {
+      if (*reinterpret_cast<volatile int64_t*>(too_small) != 0) return;
+      for_each_hit(g, r, [&](int64_t, int64_t key) {
+        if (!out.insert_bounded(key)) *reinterpret_cast<volatile int64_t*>(too_small) = 1;
+      });
+    } else {
+      for_each_hit(g, r, [&](int64_t, int64_t key) { out.insert(key); });
+    }
   }
 }
 
@@ -161,8 +171,8 @@ std::tuple<at::Tensor, at::Tensor> build_strided_map_cuda(const at::Tensor& coor
   raise_coord_errors(f.data(), coords, spatial_shape, "coords");
   inputs = Table();  // freed before the output table is allocated
 
-  // Candidate output keys, deduplicated by a table sized as the CPU's: at most per_input outputs per input and
-  // at most grid sites per batch element.
+  // Candidate output keys, deduplicated by a table: at most per_input outputs per input and at most grid sites
+  // per batch element.
   int64_t per_input = 1, grid = 1;
   for (int d = 0; d < 3; ++d) {
     const int64_t period = stride[d] / std::gcd(stride[d], dilation[d]);
@@ -172,16 +182,33 @@ std::tuple<at::Tensor, at::Tensor> build_strided_map_cuda(const at::Tensor& coor
   // min(n * per_input, grid * batches) without overflowing grid * batches (grid can reach ~2^51).
   const int64_t batches = f[4] + 1, by_inputs = n * per_input;
   const int64_t bound = grid > by_inputs / batches ? by_inputs : grid * batches;
-  Table outputs = make_table(bound, coords);
+  // As on the CPU, the table is first sized for 8 outputs per input, not for `bound` (27 per input for a 3x3x3
+  // kernel, up to 3375 for 15^3: mostly wasted GPU memory). When more distinct outputs turn up (an insert gives
+  // up), the pass starts again with a table sized for `bound`, which never fills.
+  const int64_t guess = std::min(bound, std::max<int64_t>(8 * n, 4096));
   const int32_t* c = coords.data_ptr<int32_t>();
-  strided_candidates_kernel<<<loop_blocks(n), kThreads, 0, stream>>>(c, n, g, outputs.view());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  at::Tensor keys = at::empty({outputs.capacity()}, coords.options().dtype(at::kLong));
-  // The second read back: the number of output sites.
-  select_keys(outputs, keys, flags.data_ptr<int64_t>() + 3);
-  const int64_t m = read_back(flags.data_ptr<int64_t>() + 3, 1, stream)[0];
+  Table outputs;
+  at::Tensor keys;
+  int64_t m = 0;
+  for (const int64_t announced : {guess, bound}) {
+    outputs = Table();  // the first table goes before the second is allocated
+    keys = at::Tensor();
+    outputs = make_table(announced, coords);
+    at::Tensor state = at::zeros({2}, coords.options().dtype(at::kLong));  // [table too small, output sites]
+    int64_t* st_d = state.data_ptr<int64_t>();
+    strided_candidates_kernel<<<loop_blocks(n), kThreads, 0, stream>>>(c, n, g, outputs.view(), announced < bound,
+                                                                       st_d);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    keys = at::empty({outputs.capacity()}, coords.options().dtype(at::kLong));
+    select_keys(outputs, keys, st_d + 1);
+    // The second read back: whether the table sufficed, and the number of output sites.
+    const auto st = read_back(st_d, 2, stream);
+    m = st[1];
+    if (st[0] == 0) break;
+  }
 
   const at::Tensor sorted = sort_keys(keys, m);
+  keys = at::Tensor();
   at::Tensor out_coords = assign_ranks(outputs, sorted, m);
   at::Tensor nbr = at::full({K, m}, -1, coords.options());
   if (m > 0) {
@@ -197,19 +224,21 @@ std::tuple<at::Tensor, at::Tensor> build_strided_map_cuda(const at::Tensor& coor
 // for (invalid) rows that name one input twice; valid maps name each input at most once per offset.
 // ------------------------------------------------------------------------------------------------------------
 
-__global__ void invert_kernel(const int32_t* __restrict__ src, int64_t m, int64_t n_in, int32_t* __restrict__ dst,
-                              int* bad) {
-  const int64_t k = blockIdx.y;
-  const int32_t* row = src + k * m;
-  int32_t* inv = dst + k * n_in;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < m; i += int64_t(blockDim.x) * gridDim.x) {
-    const int32_t j = row[i];
-    if (j < 0) continue;
-    if (j >= n_in) {
-      *bad = 1;
-      continue;
+// Offsets over blockIdx.y in steps of gridDim.y (at most 65535), as the CPU takes any K.
+__global__ void invert_kernel(const int32_t* __restrict__ src, int64_t K, int64_t m, int64_t n_in,
+                              int32_t* __restrict__ dst, int* bad) {
+  for (int64_t k = blockIdx.y; k < K; k += gridDim.y) {
+    const int32_t* row = src + k * m;
+    int32_t* inv = dst + k * n_in;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < m; i += int64_t(blockDim.x) * gridDim.x) {
+      const int32_t j = row[i];
+      if (j < 0) continue;
+      if (j >= n_in) {
+        *bad = 1;
+        continue;
+      }
+      atomicMax(inv + j, int32_t(i));
     }
-    atomicMax(inv + j, int32_t(i));
   }
 }
 
@@ -220,12 +249,12 @@ at::Tensor invert_map_cuda(const at::Tensor& nbr, int64_t n_in) {
   const int64_t K = nbr.size(0), m = nbr.size(1);
   at::Tensor out = at::full({K, n_in}, -1, nbr.options());
   if (K == 0 || m == 0) return out;
-  TORCH_CHECK_VALUE(K <= 65535, "nbr: at most 65535 kernel offsets, got ", K);
   at::Tensor bad = at::zeros({1}, nbr.options());
   auto stream = current_stream();
   const unsigned int gx = std::min<unsigned int>(blocks_for(m), 4096);
-  invert_kernel<<<dim3(gx, static_cast<unsigned>(K)), kThreads, 0, stream>>>(nbr.data_ptr<int32_t>(), m, n_in,
-                                                                 out.data_ptr<int32_t>(), bad.data_ptr<int32_t>());
+  const unsigned int gy = static_cast<unsigned int>(std::min<int64_t>(K, 65535));
+  invert_kernel<<<dim3(gx, gy), kThreads, 0, stream>>>(nbr.data_ptr<int32_t>(), K, m, n_in, out.data_ptr<int32_t>(),
+                                                      bad.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const auto b = read_back(bad.data_ptr<int32_t>(), 1, stream);
   TORCH_CHECK_VALUE(b[0] == 0, "nbr: holds input rows >= n_in (", n_in, ")");
