@@ -8,10 +8,12 @@
 //         by weight[k] with at::mm_out (cuBLAS on the current stream; TF32 for float32 only when
 //         torch.backends.cuda.matmul.allow_tf32 says so; tensor cores for float16/bfloat16), and add the rows to
 //         their outputs. Outputs are distinct within one offset, so the scatter needs no atomics and the sum
-//         over offsets is taken in offset order: deterministic. Half-precision outputs accumulate in float32.
+//         over offsets is taken in offset order: deterministic. Half-precision outputs accumulate in float32
+//         (each offset's product too, from torch 2.8 on: mm with a float32 result) and are rounded once.
 //  fused  One kernel, output-stationary: a block owns a 64 x 64 tile of outputs, walks the kernel offsets,
 //         gathers the tile's input rows into shared memory and multiplies them by weight[k] there; no pairs, no
-//         read back, no atomics, a fixed summation order (bias, then offsets, then input channels, as the CPU).
+//         read back, no atomics, a fixed summation order (bias, then offsets, then input channels, as the CPU;
+//         the tensor-core kernel adds the bias to its float32 sums last).
 //         float16/bfloat16 use tensor cores (WMMA 16x16x16, float32 accumulators) on sm_80 and newer;
 //         float32/float64 (and half precision on older GPUs) use a register-tiled SIMT kernel.
 //
@@ -31,6 +33,7 @@
 #include <mma.h>
 
 #include <ATen/ops/mm.h>
+#include <torch/version.h>
 
 #include "cuda/cuda_utils.cuh"
 
@@ -385,8 +388,8 @@ __global__ void __launch_bounds__(128)
     }
   }
 #else
-  // Compiled for an architecture without these tensor-core shapes (e.g. PTX below 8.0 JIT-compiled on a newer
-  // GPU, which the host's device check would let through): fail loudly rather than leave `out` unwritten.
+  // Compiled for an architecture without these tensor-core shapes; never launched (wmma_runs_here), but fail
+  // loudly rather than leave `out` unwritten should that check ever be bypassed.
   __trap();
 #endif
 }
@@ -498,6 +501,18 @@ bool use_fused_wgrad(int64_t cin, int64_t cout) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+// Whether the code this device runs for the tensor-core kernel was compiled for sm_80 or newer (its virtual
+// architecture, as CUB's PtxVersion reads it). A device check alone is not enough: a build holding only older
+// code (e.g. TORCH_CUDA_ARCH_LIST="7.5+PTX", JIT-compiled for an sm_80+ GPU) runs the kernel's __trap() branch,
+// which kills the CUDA context. Without that code the SIMT kernel runs instead.
+template <typename T>
+bool wmma_runs_here() {
+  if (device_major() < 8) return false;
+  cudaFuncAttributes attr;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, conv_fused_wmma_kernel<T, false, false>));
+  return attr.ptxVersion >= 80;
+}
+
 template <typename T>
 void launch_fused_forward(const at::Tensor& feats, const at::Tensor& weight, const T* bias, const at::Tensor& nbr,
                           at::Tensor& out, int* bad, cudaStream_t stream) {
@@ -509,7 +524,7 @@ void launch_fused_forward(const at::Tensor& feats, const at::Tensor& weight, con
   T* o = out.data_ptr<T>();
   const int32_t* m = nbr.data_ptr<int32_t>();
   if constexpr (Is16Bit<T>::value) {
-    if (device_major() >= 8) {
+    if (wmma_runs_here<T>()) {
       const dim3 grid{blocks_for(n_out, kTcBM), unsigned((cout + kTcBN - 1) / kTcBN)};
       const bool va = cin % 8 == 0 && aligned16(f), vb = cout % 8 == 0 && aligned16(w);
       if (va && vb)
@@ -529,12 +544,23 @@ void launch_fused_forward(const at::Tensor& feats, const at::Tensor& weight, con
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// at::mm with a float32 result for float16/bfloat16 inputs (mm.dtype_out, torch >= 2.8).
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
+#define SPARSECONV_MM_OUT_DTYPE 1
+#else
+#define SPARSECONV_MM_OUT_DTYPE 0
+#endif
+
 template <typename T>
 at::Tensor gemm_forward(const at::Tensor& feats, const at::Tensor& weight, const T* bias, const at::Tensor& nbr,
                         const Pairs& pr, cudaStream_t stream) {
   using AccT = at::acc_type<T, true>;
   const int64_t n_out = nbr.size(1), K = nbr.size(0), cin = feats.size(1), cout = weight.size(2);
   constexpr bool kSeparateAcc = !std::is_same<T, AccT>::value;  // half precision: accumulate in float32
+  // Half precision: each offset's product leaves cuBLAS in float32 too (its fp32 accumulator, not rounded), so
+  // an output is rounded once, at the end, as on the CPU and in the fused kernels. Older torch has no such mm:
+  // there each product is rounded to T before the float32 sum.
+  using ProdT = std::conditional_t<kSeparateAcc && SPARSECONV_MM_OUT_DTYPE, AccT, T>;
   at::Tensor out = at::empty({n_out, cout}, feats.options());
   at::Tensor acc = kSeparateAcc ? at::empty({n_out, cout}, feats.options().dtype(c10::CppTypeToScalarType<AccT>::value))
                                 : out;
@@ -543,7 +569,8 @@ at::Tensor gemm_forward(const at::Tensor& feats, const at::Tensor& weight, const
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (pr.max_count > 0) {
     at::Tensor gathered = at::empty({pr.max_count, cin}, feats.options());
-    at::Tensor product = at::empty({pr.max_count, cout}, feats.options());
+    at::Tensor product =
+        at::empty({pr.max_count, cout}, feats.options().dtype(c10::CppTypeToScalarType<ProdT>::value));
     const int32_t* in_idx = pr.in_idx.data_ptr<int32_t>();
     const int32_t* out_idx = pr.out_idx.data_ptr<int32_t>();
     for (int64_t k = 0; k < K; ++k) {
@@ -551,9 +578,14 @@ at::Tensor gemm_forward(const at::Tensor& feats, const at::Tensor& weight, const
       if (P == 0) continue;
       gather_rows<T>(feats.data_ptr<T>(), in_idx + p0, P, cin, gathered.data_ptr<T>(), stream);
       at::Tensor prod = product.narrow(0, 0, P);
-      at::mm_out(prod, gathered.narrow(0, 0, P), weight.select(0, k));
-      scatter_add_rows_kernel<T, AccT><<<loop_blocks(P * cout), kThreads, 0, stream>>>(
-          product.data_ptr<T>(), out_idx + p0, P, cout, a);
+#if SPARSECONV_MM_OUT_DTYPE
+      if (kSeparateAcc)
+        at::mm_out(prod, gathered.narrow(0, 0, P), weight.select(0, k), prod.scalar_type());
+      else
+#endif
+        at::mm_out(prod, gathered.narrow(0, 0, P), weight.select(0, k));
+      scatter_add_rows_kernel<ProdT, AccT><<<loop_blocks(P * cout), kThreads, 0, stream>>>(
+          product.data_ptr<ProdT>(), out_idx + p0, P, cout, a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
@@ -577,7 +609,7 @@ void raise_bad_map(const at::Tensor& feats) {
 
 at::Tensor sparse_conv_cuda(const at::Tensor& feats, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                             const at::Tensor& nbr, const c10::optional<at::Tensor>& nbr_t) {
-  check_feats(feats, "feats", /*reduced=*/true);
+  check_feats(feats, "feats");
   check_map(nbr, "nbr");
   check_conv_weight(weight, feats, nbr);
   check_same_device(weight, "weight", feats, "feats");
@@ -616,8 +648,8 @@ at::Tensor sparse_conv_cuda(const at::Tensor& feats, const at::Tensor& weight, c
 }
 
 at::Tensor sparse_conv_weight_grad_cuda(const at::Tensor& feats, const at::Tensor& grad_out, const at::Tensor& nbr) {
-  check_feats(feats, "feats", /*reduced=*/true);
-  check_feats(grad_out, "grad_out", /*reduced=*/true);
+  check_feats(feats, "feats");
+  check_feats(grad_out, "grad_out");
   check_map(nbr, "nbr");
   TORCH_CHECK_TYPE(grad_out.scalar_type() == feats.scalar_type(), "grad_out: expected dtype ", feats.scalar_type(),
                    ", got ", grad_out.scalar_type());
@@ -678,6 +710,11 @@ at::Tensor sparse_conv_weight_grad_cuda(const at::Tensor& feats, const at::Tenso
       const Pairs pr = build_pairs(nbr, n_in);
       if (pr.bad) raise_bad_map(feats);
       if (pr.max_count > 0) {
+        // Half precision (torch >= 2.8): float32 results, rounded once into gw at the end, as the fused kernel and
+        // the CPU do; a result in T would let cuBLAS reduce split-K partial sums of these long (P-row) products in
+        // T too (torch's allow_fp16/bf16_reduced_precision_reduction, on by default).
+        constexpr bool kFloatGrad = !std::is_same<scalar_t, AccT>::value && SPARSECONV_MM_OUT_DTYPE;
+        at::Tensor gacc = kFloatGrad ? at::zeros({K, cin, cout}, feats.options().dtype(acc_dtype)) : gw;
         at::Tensor a = at::empty({pr.max_count, cin}, feats.options());
         at::Tensor go = at::empty({pr.max_count, cout}, feats.options());
         const int32_t* in_idx = pr.in_idx.data_ptr<int32_t>();
@@ -687,8 +724,18 @@ at::Tensor sparse_conv_weight_grad_cuda(const at::Tensor& feats, const at::Tenso
           if (P == 0) continue;
           gather_rows<scalar_t>(feats.data_ptr<scalar_t>(), in_idx + p0, P, cin, a.data_ptr<scalar_t>(), stream);
           gather_rows<scalar_t>(grad_out.data_ptr<scalar_t>(), out_idx + p0, P, cout, go.data_ptr<scalar_t>(), stream);
-          at::Tensor gk = gw.select(0, k);
-          at::mm_out(gk, a.narrow(0, 0, P).t(), go.narrow(0, 0, P));
+          at::Tensor gk = gacc.select(0, k);
+#if SPARSECONV_MM_OUT_DTYPE
+          if (kFloatGrad)
+            at::mm_out(gk, a.narrow(0, 0, P).t(), go.narrow(0, 0, P), acc_dtype);
+          else
+#endif
+            at::mm_out(gk, a.narrow(0, 0, P).t(), go.narrow(0, 0, P));
+        }
+        if (kFloatGrad) {
+          cast_kernel<scalar_t, AccT><<<loop_blocks(elems), kThreads, 0, stream>>>(gacc.data_ptr<AccT>(), elems,
+                                                                                    gw.data_ptr<scalar_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       }
     }
