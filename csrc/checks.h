@@ -23,15 +23,11 @@ inline void check_map(const at::Tensor& m, const char* name) {
   TORCH_CHECK_VALUE(m.is_contiguous(), name, ": expected a contiguous tensor");
 }
 
-// CPU kernels take float32 and float64; CUDA kernels (reduced = true) also float16 and bfloat16.
-inline void check_feats(const at::Tensor& f, const char* name, bool reduced = false) {
+// Features: float32 and float64, or float16 and bfloat16 (stored in that dtype, computed in float32).
+inline void check_feats(const at::Tensor& f, const char* name) {
   const auto t = f.scalar_type();
-  if (reduced) {
-    TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, name,
-                     ": expected float16, bfloat16, float32 or float64 features, got ", t);
-  } else {
-    TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble, name, ": expected float32 or float64 features, got ", t);
-  }
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, name,
+                   ": expected float16, bfloat16, float32 or float64 features, got ", t);
   TORCH_CHECK_VALUE(f.dim() == 2, name, ": expected shape [N, C], got ", f.sizes());
   TORCH_CHECK_VALUE(f.is_contiguous(), name, ": expected a contiguous tensor");
 }

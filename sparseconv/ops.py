@@ -173,19 +173,12 @@ def _voxelize_fake(points, voxel_size, origin):
     return points.new_empty(v, 4, dtype=torch.int32), points.new_empty(points.shape[0], dtype=torch.int64)
 
 
-# Mixed precision. The CPU kernels take float32 and float64 only (AT_DISPATCH_FLOATING_TYPES), so under
-# torch.autocast("cpu", dtype=torch.bfloat16 or torch.float16) these operators run in float32, like the ops on
-# autocast's float32 list: lower-precision float inputs are cast up (float64 is left alone), outputs are
-# float32, and the casts' backward returns gradients in the inputs' dtypes.
-# The CUDA kernels take float16, bfloat16, float32 and float64; under torch.autocast("cuda") sparse_conv (and
-# sparse_conv_weight_grad) cast their inputs to the autocast dtype, as torch's convolutions do: registered in C++
-# for AutocastCUDA (csrc/cuda/autocast_cuda.cpp), so the dtype follows torch.autocast(dtype=...). CUDA pooling
-# runs in the dtype it is given.
+# Mixed precision. The kernels take float16, bfloat16, float32 and float64 (the reduced dtypes are stored as such
+# and computed in float32). Under torch.autocast (CPU or CUDA) sparse_conv and sparse_conv_weight_grad cast their
+# inputs to the autocast dtype, as torch's convolutions do (registered in C++: csrc/autocast.cpp, so the dtype
+# follows torch.autocast(dtype=...)); pooling runs in the dtype it is given.
 #
 # CUDA convolution paths: SPARSECONV_CUDA_ALGO=gemm|fused|auto (default auto, chosen by channel counts) picks
 # gather-GEMM-scatter (cuBLAS per kernel offset) or the fused kernel (tensor cores for float16/bfloat16);
 # SPARSECONV_CUDA_CHECKS=1 makes the sync-free CUDA kernels check map entries against the input rows (see
 # csrc/cuda/conv_cuda.cu).
-for _name in ("sparse_conv", "sparse_conv_weight_grad", "sparse_max_pool", "sparse_max_pool_backward",
-              "sparse_avg_pool", "sparse_avg_pool_backward"):
-    torch.library.register_autocast(f"sparseconv::{_name}", "cpu", torch.float32)

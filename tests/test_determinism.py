@@ -74,6 +74,18 @@ def test_bitwise_across_runs_and_threads(name, switch):
     assert _identical(one, _run(MODELS[name], 2, x)) == []
 
 
+def test_bf16_autocast_bitwise_across_threads():
+    # The reduced-precision kernels keep the float32 kernels' fixed tiles and summation order (the convolutions
+    # run in bfloat16 here; the batch norms in float32).
+    sparseconv.set_deterministic(True)
+    x = make_sparse(2, 24, 0.15, 4, torch.float32, seed=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _sparse_net()[0](x).feats.dtype == torch.bfloat16
+        runs = [_run(_sparse_net, threads, x) for threads in (1, 1, 2)]
+    assert _identical(runs[0], runs[1]) == []
+    assert _identical(runs[0], runs[2]) == []
+
+
 def test_classifier_bitwise_run_to_run():
     sparseconv.set_deterministic(True)
     torch.set_num_threads(2)

@@ -45,6 +45,13 @@ def _cases():
         "build_subm_map": (ops.build_subm_map, (c, [3, 3, 3], [1, 1, 1])),
         "build_subm_map_even": (ops.build_subm_map, (c, [2, 3, 4], [1, 2, 1])),
         "build_strided_map": (ops.build_strided_map, (c, [6, 6, 6], [3, 3, 3], [2, 2, 2], [1, 1, 1], [1, 1, 1])),
+        # Reduced dtypes (computed in float32): the same checks, bfloat16 features and weights.
+        "sparse_conv_subm_bf16": (ops.sparse_conv, (f.detach().bfloat16().requires_grad_(), w.detach().bfloat16(),
+                                                    None, nbr, None)),
+        "sparse_conv_weight_grad_f16": (ops.sparse_conv_weight_grad,
+                                        (f.detach().half(), torch.randn(n, 4, generator=g).half(), nbr)),
+        "sparse_max_pool_bf16": (ops.sparse_max_pool, (f.detach().bfloat16().requires_grad_(), snbr, snt)),
+        "sparse_avg_pool_f16": (ops.sparse_avg_pool, (f.detach().half().requires_grad_(), snbr, snt)),
         "voxelize": (ops.voxelize, (torch.rand(50, 3, dtype=f64, generator=g) * 4, [1.0, 0.5, 1.0], [0.0] * 3)),
     }
 

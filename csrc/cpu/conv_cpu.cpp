@@ -4,12 +4,19 @@
 // number of threads); a tile's rows stay in L1/L2 while every kernel offset adds its gathered input rows times
 // that offset's weight matrix. The weight gradient is split by (offset, column block), each summed in a fixed
 // order, so it is deterministic too. Input gradients reuse the forward kernel with the transposed map.
+//
+// bfloat16 and float16 features (torch.autocast("cpu")) are stored in that dtype and computed in float32: a
+// tile's gathered input rows are widened into a float scratch block, its outputs accumulate in float and are
+// rounded once at the end, and the weight (small) is widened once per call. So memory traffic and the tensors
+// kept for backward halve, while every sum keeps float32 precision.
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -70,30 +77,58 @@ inline int64_t collect_pairs(const int32_t* row, int64_t i0, int64_t i1, int64_t
   return m;
 }
 
-template <typename T>
-void conv_forward(const T* feats, int64_t n_in, int64_t cin, const T* w, const T* bias, const int32_t* nbr, int64_t K,
-                  int64_t n_out, int64_t cout, T* out, std::atomic<bool>& bad_map) {
+// A short row copy, inlined: a memmove call per gathered row costs more than the copy itself (setup.py builds
+// with -fno-tree-loop-distribute-patterns so GCC does not turn this loop back into that call). Rows of a reduced
+// dtype are widened to the compute type on the way.
+template <typename Src, typename Dst>
+inline void copy_row(const Src* __restrict__ src, int64_t n, Dst* __restrict__ dst) {
+  if constexpr (std::is_same_v<Src, Dst>) {
+    using V = typename Vec<Dst>::type;
+    constexpr int L = Vec<Dst>::lanes;
+    int64_t c = 0;
+    for (; c + L <= n; c += L) *reinterpret_cast<V*>(dst + c) = *reinterpret_cast<const V*>(src + c);
+    for (; c < n; ++c) dst[c] = src[c];
+  } else {
+    for (int64_t c = 0; c < n; ++c) dst[c] = Dst(src[c]);
+  }
+}
+
+// T: the features' storage type; S = opmath(T): the compute type of the weight, bias and every sum.
+template <typename T, typename S = at::opmath_type<T>>
+void conv_forward(const T* feats, int64_t n_in, int64_t cin, const S* w, const S* bias, const int32_t* nbr,
+                  int64_t K, int64_t n_out, int64_t cout, T* out, std::atomic<bool>& bad_map) {
+  constexpr bool direct = std::is_same_v<T, S>;  // float32/float64: gather and accumulate in place
   const int64_t ntiles = (n_out + kTile - 1) / kTile;
   parallel_claim(ntiles, [&](auto&& claim) {
-    const T* a[kTile];
-    T* o[kTile];
+    const S* a[kTile];
+    S* o[kTile];
     int32_t pair_in[kTile], pair_out[kTile];
+    std::vector<S> rows(direct ? 0 : kTile * cin), acc(direct ? 0 : kTile * cout);
     bool bad = false;
     for (int64_t t = claim(); t >= 0; t = claim()) {
       const int64_t i0 = t * kTile, i1 = std::min(n_out, i0 + kTile);
-      for (int64_t i = i0; i < i1; ++i)
-        for (int64_t c = 0; c < cout; ++c) out[i * cout + c] = bias ? bias[c] : T(0);
+      S* tile;
+      if constexpr (direct) tile = out + i0 * cout;
+      else tile = acc.data();
+      for (int64_t i = 0; i < i1 - i0; ++i)
+        for (int64_t c = 0; c < cout; ++c) tile[i * cout + c] = bias ? bias[c] : S(0);
       for (int64_t k = 0; k < K; ++k) {
         const int32_t* row = nbr + k * n_out;
         const int64_t m = collect_pairs(row, i0, i1, n_in, pair_in, pair_out, bad);
         for (int64_t p = 0; p < m; ++p) {
-          a[p] = feats + int64_t(pair_in[p]) * cin;
-          o[p] = out + int64_t(pair_out[p]) * cout;
+          if constexpr (direct) {
+            a[p] = feats + int64_t(pair_in[p]) * cin;
+          } else {
+            copy_row(feats + int64_t(pair_in[p]) * cin, cin, rows.data() + p * cin);
+            a[p] = rows.data() + p * cin;
+          }
+          o[p] = tile + (pair_out[p] - i0) * cout;
         }
-        const T* wk = w + k * cin * cout;
+        const S* wk = w + k * cin * cout;
         for (int64_t g = 0; g < m; g += kRows)
-          gathered_rows_times_w<T>(int(std::min<int64_t>(kRows, m - g)), a + g, o + g, wk, cin, cout);
+          gathered_rows_times_w<S>(int(std::min<int64_t>(kRows, m - g)), a + g, o + g, wk, cin, cout);
       }
+      if constexpr (!direct) copy_row(tile, (i1 - i0) * cout, out + i0 * cout);
     }
     if (bad) bad_map = true;
   });
@@ -109,17 +144,6 @@ void outer_block(int nr, const T* a, int64_t lda, const T* b, int64_t ldb, int64
     case 2: outer_accumulate<T, 2, NV>(a, lda, b, ldb, np, g, ldg); break;
     default: outer_accumulate<T, 1, NV>(a, lda, b, ldb, np, g, ldg); break;
   }
-}
-
-// A short row copy, inlined: a memmove call per gathered row costs more than the copy itself (setup.py builds
-// with -fno-tree-loop-distribute-patterns so GCC does not turn this loop back into that call).
-template <typename T>
-inline void copy_row(const T* __restrict__ src, int64_t n, T* __restrict__ dst) {
-  using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::lanes;
-  int64_t c = 0;
-  for (; c + L <= n; c += L) *reinterpret_cast<V*>(dst + c) = *reinterpret_cast<const V*>(src + c);
-  for (; c < n; ++c) dst[c] = src[c];
 }
 
 // g [cin, cout] += A^T B for np gathered pairs: A [np, cin], B [np, cout], both contiguous.
@@ -150,7 +174,7 @@ void tile_outer(const T* A, int64_t cin, const T* B, int64_t cout, int64_t np, T
 // so the tile's gradient rows and the input rows around them stay in cache across all K offsets (offset-major
 // order would stream all features from memory K times). Each chunk sums into its own [K, cin, cout] slot and
 // the slots are added in chunk order, so the result does not depend on the thread count.
-template <typename T>
+template <typename T, typename S = at::opmath_type<T>>
 void conv_weight_grad(const T* feats, int64_t n_in, int64_t cin, const T* gout, int64_t cout, const int32_t* nbr,
                       int64_t K, int64_t n_out, T* gw, std::atomic<bool>& bad_map) {
   const int64_t block = cin * cout;
@@ -158,14 +182,14 @@ void conv_weight_grad(const T* feats, int64_t n_in, int64_t cin, const T* gout, 
   const int64_t max_chunks = std::max<int64_t>(1, kPartialElems / (K * block));
   const int64_t nchunks = std::clamp<int64_t>((n_out + kChunk - 1) / kChunk, 1, max_chunks);
   const int64_t chunk_rows = (n_out + nchunks - 1) / nchunks;
-  std::vector<T> partial(size_t(nchunks * K * block));
+  std::vector<S> partial(size_t(nchunks * K * block));
   parallel_claim(nchunks, [&](auto&& claim) {
-    std::vector<T> A(kPairTile * cin), B(kPairTile * cout);
+    std::vector<S> A(kPairTile * cin), B(kPairTile * cout);
     int32_t pair_in[kPairTile], pair_out[kPairTile];
     bool bad = false;
     for (int64_t chunk = claim(); chunk >= 0; chunk = claim()) {
-      T* g = partial.data() + chunk * K * block;
-      std::fill(g, g + K * block, T(0));
+      S* g = partial.data() + chunk * K * block;
+      std::fill(g, g + K * block, S(0));
       const int64_t end = std::min(n_out, (chunk + 1) * chunk_rows);
       for (int64_t i0 = chunk * chunk_rows; i0 < end; i0 += kPairTile) {
         for (int64_t k = 0; k < K; ++k) {
@@ -176,17 +200,20 @@ void conv_weight_grad(const T* feats, int64_t n_in, int64_t cin, const T* gout, 
             copy_row(feats + int64_t(pair_in[p]) * cin, cin, A.data() + p * cin);
             copy_row(gout + int64_t(pair_out[p]) * cout, cout, B.data() + p * cout);
           }
-          tile_outer<T>(A.data(), cin, B.data(), cout, m, g + k * block);
+          tile_outer<S>(A.data(), cin, B.data(), cout, m, g + k * block);
         }
       }
     }
     if (bad) bad_map = true;
   });
+  // Chunk slots summed in chunk order (rounded once to T at the end).
   at::parallel_for(0, K * block, 4096, [&](int64_t e0, int64_t e1) {
+    std::vector<S> sum(size_t(e1 - e0), S(0));
     for (int64_t c = 0; c < nchunks; ++c) {
-      const T* src = partial.data() + c * K * block;
-      for (int64_t e = e0; e < e1; ++e) gw[e] += src[e];
+      const S* src = partial.data() + c * K * block;
+      for (int64_t e = e0; e < e1; ++e) sum[e - e0] += src[e];
     }
+    copy_row(sum.data(), e1 - e0, gw + e0);
   });
 }
 
@@ -197,20 +224,24 @@ at::Tensor sparse_conv_cpu(const at::Tensor& feats, const at::Tensor& weight, co
   check_conv_weight(weight, feats, nbr);
   check_conv_nbr_t(nbr_t, nbr, feats);
   const int64_t cout = weight.size(2), n_out = nbr.size(1);
-  const at::Tensor* b = nullptr;
+  // Weight and bias in the compute type (a no-op for float32/float64).
+  const auto compute = at::toOpMathType(feats.scalar_type());
+  const at::Tensor w = weight.to(compute);
+  at::Tensor b;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK_TYPE(bias->scalar_type() == feats.scalar_type(), "bias: expected dtype ", feats.scalar_type(),
                      ", got ", bias->scalar_type());
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == cout && bias->is_contiguous(),
                       "bias: expected a contiguous tensor of shape [", cout, "], got ", bias->sizes());
-    b = &*bias;
+    b = bias->to(compute);
   }
   at::Tensor out = at::empty({n_out, cout}, feats.options());
   std::atomic<bool> bad{false};
-  AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "sparse_conv", [&] {
-    conv_forward<scalar_t>(feats.data_ptr<scalar_t>(), feats.size(0), feats.size(1), weight.data_ptr<scalar_t>(),
-                           b ? b->data_ptr<scalar_t>() : nullptr, nbr.data_ptr<int32_t>(), nbr.size(0), n_out, cout,
-                           out.data_ptr<scalar_t>(), bad);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, feats.scalar_type(), "sparse_conv", [&] {
+    using S = at::opmath_type<scalar_t>;
+    conv_forward<scalar_t>(feats.data_ptr<scalar_t>(), feats.size(0), feats.size(1), w.data_ptr<S>(),
+                           b.defined() ? b.data_ptr<S>() : nullptr, nbr.data_ptr<int32_t>(), nbr.size(0), n_out,
+                           cout, out.data_ptr<scalar_t>(), bad);
   });
   TORCH_CHECK_VALUE(!bad.load(), "nbr: refers to input rows >= feats.size(0) (", feats.size(0), ")");
   return out;
@@ -225,9 +256,9 @@ at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& feats, const at::Tensor
   TORCH_CHECK_VALUE(grad_out.size(0) == nbr.size(1), "grad_out: expected ", nbr.size(1), " rows (the map's), got ",
                     grad_out.size(0));
   const int64_t K = nbr.size(0), cin = feats.size(1), cout = grad_out.size(1);
-  at::Tensor gw = at::zeros({K, cin, cout}, feats.options());
+  at::Tensor gw = at::empty({K, cin, cout}, feats.options());
   std::atomic<bool> bad{false};
-  AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "sparse_conv_weight_grad", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, feats.scalar_type(), "sparse_conv_weight_grad", [&] {
     conv_weight_grad<scalar_t>(feats.data_ptr<scalar_t>(), feats.size(0), cin, grad_out.data_ptr<scalar_t>(), cout,
                                nbr.data_ptr<int32_t>(), K, nbr.size(1), gw.data_ptr<scalar_t>(), bad);
   });

@@ -3,14 +3,17 @@
 // Max pooling keeps, per output site and channel, the input row that won (argmax) for backward; average pooling
 // divides by the number of active inputs in the window (inactive sites are not zeros to average in). Both
 // backward passes walk the transposed map, one input row per iteration, so they need no atomics and give the
-// same result for any thread count.
+// same result for any thread count. bfloat16/float16 features are compared and summed in float32 (sums are
+// rounded once per output element).
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "checks.h"
 
@@ -40,30 +43,30 @@ inline void for_window_inputs(const int32_t* nbr, int64_t K, int64_t M, int64_t 
   }
 }
 
-template <typename T>
+template <typename T, typename S = at::opmath_type<T>>
 void max_pool(const T* f, int64_t n_in, int64_t C, const int32_t* nbr, int64_t K, int64_t M, T* out, int32_t* arg,
               std::atomic<bool>& bad) {
   at::parallel_for(0, M, 256, [&](int64_t i0, int64_t i1) {
     bool local_bad = false;
+    std::vector<S> best(C);
     for (int64_t i = i0; i < i1; ++i) {
-      T* o = out + i * C;
       int32_t* a = arg + i * C;
       for (int64_t c = 0; c < C; ++c) {
-        o[c] = -std::numeric_limits<T>::infinity();
+        best[c] = -std::numeric_limits<S>::infinity();
         a[c] = -1;
       }
       for_window_inputs(nbr, K, M, i, n_in, local_bad, [&](int64_t j) {
         const T* row = f + j * C;
         for (int64_t c = 0; c < C; ++c) {
+          const S v = S(row[c]);  // exact for every storage type
           // NaN wins and stays, as in torch.nn.functional.max_pool3d.
-          if (row[c] > o[c] || (std::isnan(row[c]) && !std::isnan(o[c])) || a[c] < 0) {
-            o[c] = row[c];
+          if (v > best[c] || (std::isnan(v) && !std::isnan(best[c])) || a[c] < 0) {
+            best[c] = v;
             a[c] = int32_t(j);
           }
         }
       });
-      for (int64_t c = 0; c < C; ++c)
-        if (a[c] < 0) o[c] = T(0);  // no active input in the window
+      for (int64_t c = 0; c < C; ++c) out[i * C + c] = a[c] < 0 ? T(0) : T(best[c]);  // 0: no active input
     }
     if (local_bad) bad = true;
   });
@@ -76,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_max_pool_cpu(const at::Tensor& feats, 
   at::Tensor out = at::empty({M, C}, feats.options());
   at::Tensor arg = at::empty({M, C}, nbr.options());
   std::atomic<bool> bad{false};
-  AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "sparse_max_pool", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, feats.scalar_type(), "sparse_max_pool", [&] {
     max_pool<scalar_t>(feats.data_ptr<scalar_t>(), feats.size(0), C, nbr.data_ptr<int32_t>(), K, M,
                        out.data_ptr<scalar_t>(), arg.data_ptr<int32_t>(), bad);
   });
@@ -92,20 +95,25 @@ at::Tensor sparse_max_pool_backward_cpu(const at::Tensor& grad_out, const at::Te
                     "argmax: expected a contiguous int32 tensor of shape ", grad_out.sizes(), ", got ",
                     argmax.sizes());
   const int64_t K = nbr_t.size(0), n_in = nbr_t.size(1), M = grad_out.size(0), C = grad_out.size(1);
-  at::Tensor grad_in = at::zeros({n_in, C}, grad_out.options());
+  at::Tensor grad_in = at::empty({n_in, C}, grad_out.options());
   const int32_t* nt = nbr_t.data_ptr<int32_t>();
   const int32_t* arg = argmax.data_ptr<int32_t>();
-  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "sparse_max_pool_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_out.scalar_type(), "sparse_max_pool_backward", [&] {
+    using S = at::opmath_type<scalar_t>;
     const scalar_t* go = grad_out.data_ptr<scalar_t>();
     scalar_t* gi = grad_in.data_ptr<scalar_t>();
     at::parallel_for(0, n_in, 256, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j)
+      std::vector<S> sum(C);
+      for (int64_t j = j0; j < j1; ++j) {
+        std::fill(sum.begin(), sum.end(), S(0));
         for (int64_t k = 0; k < K; ++k) {
           const int32_t i = nt[k * n_in + j];
           if (i < 0 || i >= M) continue;
           for (int64_t c = 0; c < C; ++c)
-            if (arg[int64_t(i) * C + c] == j) gi[j * C + c] += go[int64_t(i) * C + c];
+            if (arg[int64_t(i) * C + c] == j) sum[c] += S(go[int64_t(i) * C + c]);
         }
+        for (int64_t c = 0; c < C; ++c) gi[j * C + c] = scalar_t(sum[c]);
+      }
     });
   });
   return grad_in;
@@ -127,22 +135,25 @@ at::Tensor window_counts(const at::Tensor& nbr) {
 at::Tensor sparse_avg_pool_cpu(const at::Tensor& feats, const at::Tensor& nbr, const at::Tensor& nbr_t) {
   check_pool_inputs(feats, nbr, nbr_t);
   const int64_t K = nbr.size(0), M = nbr.size(1), C = feats.size(1), n_in = feats.size(0);
-  at::Tensor out = at::zeros({M, C}, feats.options());
+  at::Tensor out = at::empty({M, C}, feats.options());
   const at::Tensor count = window_counts(nbr);
   std::atomic<bool> bad{false};
-  AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), "sparse_avg_pool", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, feats.scalar_type(), "sparse_avg_pool", [&] {
+    using S = at::opmath_type<scalar_t>;
     const scalar_t* f = feats.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     const int32_t* m = nbr.data_ptr<int32_t>();
     const int32_t* cnt = count.data_ptr<int32_t>();
     at::parallel_for(0, M, 256, [&](int64_t i0, int64_t i1) {
       bool local_bad = false;
+      std::vector<S> sum(C);
       for (int64_t i = i0; i < i1; ++i) {
+        std::fill(sum.begin(), sum.end(), S(0));
         for_window_inputs(m, K, M, i, n_in, local_bad, [&](int64_t j) {
-          for (int64_t c = 0; c < C; ++c) o[i * C + c] += f[j * C + c];
+          for (int64_t c = 0; c < C; ++c) sum[c] += S(f[j * C + c]);
         });
-        if (cnt[i] > 0)
-          for (int64_t c = 0; c < C; ++c) o[i * C + c] /= scalar_t(cnt[i]);
+        const S n = cnt[i] > 0 ? S(cnt[i]) : S(1);  // an empty window stays 0
+        for (int64_t c = 0; c < C; ++c) o[i * C + c] = scalar_t(sum[c] / n);
       }
       if (local_bad) bad = true;
     });
@@ -159,21 +170,26 @@ at::Tensor sparse_avg_pool_backward_cpu(const at::Tensor& grad_out, const at::Te
                     "transpose of nbr [", nbr.size(0), ", ", grad_out.size(0), "], got nbr ", nbr.sizes(),
                     " and nbr_t ", nbr_t.sizes());
   const int64_t K = nbr_t.size(0), n_in = nbr_t.size(1), M = grad_out.size(0), C = grad_out.size(1);
-  at::Tensor grad_in = at::zeros({n_in, C}, grad_out.options());
+  at::Tensor grad_in = at::empty({n_in, C}, grad_out.options());
   const at::Tensor count = window_counts(nbr);
-  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "sparse_avg_pool_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_out.scalar_type(), "sparse_avg_pool_backward", [&] {
+    using S = at::opmath_type<scalar_t>;
     const scalar_t* go = grad_out.data_ptr<scalar_t>();
     scalar_t* gi = grad_in.data_ptr<scalar_t>();
     const int32_t* nt = nbr_t.data_ptr<int32_t>();
     const int32_t* cnt = count.data_ptr<int32_t>();
     at::parallel_for(0, n_in, 256, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j)
+      std::vector<S> sum(C);
+      for (int64_t j = j0; j < j1; ++j) {
+        std::fill(sum.begin(), sum.end(), S(0));
         for (int64_t k = 0; k < K; ++k) {
           const int32_t i = nt[k * n_in + j];
           if (i < 0 || i >= M) continue;
-          const scalar_t scale = scalar_t(1) / scalar_t(cnt[i]);
-          for (int64_t c = 0; c < C; ++c) gi[j * C + c] += go[int64_t(i) * C + c] * scale;
+          const S scale = S(1) / S(cnt[i]);
+          for (int64_t c = 0; c < C; ++c) sum[c] += S(go[int64_t(i) * C + c]) * scale;
         }
+        for (int64_t c = 0; c < C; ++c) gi[j * C + c] = scalar_t(sum[c]);
+      }
     });
   });
   return grad_in;

@@ -106,7 +106,7 @@ __global__ void avg_pool_backward_kernel(const T* __restrict__ go, const int32_t
 }
 
 void check_pool_inputs(const at::Tensor& feats, const at::Tensor& nbr, const at::Tensor& nbr_t) {
-  check_feats(feats, "feats", /*reduced=*/true);
+  check_feats(feats, "feats");
   check_map(nbr, "nbr");
   check_map(nbr_t, "nbr_t");
   check_same_device(nbr, "nbr", feats, "feats");
@@ -154,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_max_pool_cuda(const at::Tensor& feats,
 
 at::Tensor sparse_max_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& argmax,
                                          const at::Tensor& nbr_t) {
-  check_feats(grad_out, "grad_out", /*reduced=*/true);
+  check_feats(grad_out, "grad_out");
   check_map(nbr_t, "nbr_t");
   TORCH_CHECK_VALUE(argmax.sizes() == grad_out.sizes() && argmax.scalar_type() == at::kInt && argmax.is_contiguous(),
                     "argmax: expected a contiguous int32 tensor of shape ", grad_out.sizes(), ", got ",
@@ -198,7 +198,7 @@ at::Tensor sparse_avg_pool_cuda(const at::Tensor& feats, const at::Tensor& nbr, 
 }
 
 at::Tensor sparse_avg_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& nbr, const at::Tensor& nbr_t) {
-  check_feats(grad_out, "grad_out", /*reduced=*/true);
+  check_feats(grad_out, "grad_out");
   check_map(nbr, "nbr");
   check_map(nbr_t, "nbr_t");
   check_same_device(nbr, "nbr", grad_out, "grad_out");
