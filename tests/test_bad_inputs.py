@@ -256,6 +256,19 @@ def test_empty_input_everywhere():
     assert tuple(nbr.shape) == (27, 0)
 
 
+@pytest.mark.parametrize("cin,cout,k", [(0, 4, 27), (3, 0, 27), (3, 4, 0)])
+def test_zero_channels_or_offsets(cin, cout, k):
+    # Zero-size weights (no input channels, no output channels, no kernel offsets) give zeros, not a crash.
+    x = make_sparse(1, 6, 0.3, 3, f64, seed=3)
+    nbr = torch.ops.sparseconv.build_subm_map(x.coords, [3, 3, 3], [1, 1, 1])[:k].contiguous()
+    feats = x.feats[:, :cin].contiguous()
+    n = feats.shape[0]
+    gw = torch.ops.sparseconv.sparse_conv_weight_grad(feats, torch.ones(n, cout, dtype=f64), nbr)
+    assert tuple(gw.shape) == (k, cin, cout)
+    out = torch.ops.sparseconv.sparse_conv(feats, torch.ones(k, cin, cout, dtype=f64), None, nbr, None)
+    assert tuple(out.shape) == (n, cout) and not out.any()
+
+
 def test_nan_propagates():
     x = make_sparse(1, 8, 0.3, 2, f64, seed=7)
     feats = x.feats.clone()

@@ -179,7 +179,7 @@ void conv_weight_grad(const T* feats, int64_t n_in, int64_t cin, const T* gout, 
                       int64_t K, int64_t n_out, T* gw, std::atomic<bool>& bad_map) {
   const int64_t block = cin * cout;
   // Enough chunks to balance the threads, but at most kPartialElems partial sums held at once.
-  const int64_t max_chunks = std::max<int64_t>(1, kPartialElems / (K * block));
+  const int64_t max_chunks = std::max<int64_t>(1, kPartialElems / std::max<int64_t>(1, K * block));
   const int64_t nchunks = std::clamp<int64_t>((n_out + kChunk - 1) / kChunk, 1, max_chunks);
   const int64_t chunk_rows = (n_out + nchunks - 1) / nchunks;
   std::vector<S> partial(size_t(nchunks * K * block));

@@ -32,6 +32,9 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include <array>
+#include <atomic>
+
 #include <ATen/ops/mm.h>
 #include <torch/version.h>
 
@@ -507,10 +510,21 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 // which kills the CUDA context. Without that code the SIMT kernel runs instead.
 template <typename T>
 bool wmma_runs_here() {
-  if (device_major() < 8) return false;
-  cudaFuncAttributes attr;
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, conv_fused_wmma_kernel<T, false, false>));
-  return attr.ptxVersion >= 80;
+  // Cached per device (0 unknown, 1 no, 2 yes): two driver queries per call would add host latency to every
+  // small convolution.
+  static std::array<std::atomic<int>, 256> known{};
+  int dev = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  const int cached = dev < 256 ? known[dev].load(std::memory_order_relaxed) : 0;
+  if (cached != 0) return cached == 2;
+  bool ok = device_major() >= 8;
+  if (ok) {
+    cudaFuncAttributes attr;
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, conv_fused_wmma_kernel<T, false, false>));
+    ok = attr.ptxVersion >= 80;
+  }
+  if (dev < 256) known[dev].store(ok ? 2 : 1, std::memory_order_relaxed);
+  return ok;
 }
 
 template <typename T>
