@@ -50,6 +50,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+from compare_peers import write_atomic  # noqa: E402  (temporary file, then rename)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 TARGET_FRACTION = 0.40
@@ -74,22 +76,6 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _atomic_write(path: Path, write):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 class Results:
     def __init__(self, path: Path):
         self.path = path
@@ -102,7 +88,7 @@ class Results:
         self.data["updated"] = _now()
         self.data["elapsed_s"] = round(time.time() - self.t0, 1)
         text = json.dumps(self.data, indent=1, default=str)
-        _atomic_write(self.path, lambda p: Path(p).write_text(text))
+        write_atomic(self.path, lambda p: Path(p).write_text(text))
 
     def add(self, key, row):
         self.data[key].append(row)
@@ -154,7 +140,7 @@ def load_scene(n_voxels, seed, cache):
         def write(tmp):
             with open(tmp, "wb") as f:
                 np.savez(f, coords=coords, shape=np.array(shape), points=points.astype(np.float32))
-        _atomic_write(path, write)
+        write_atomic(path, write)
     return coords, shape, points, "generated", time.time() - t0
 
 
@@ -669,7 +655,7 @@ def main(argv=None):
         text = summary(res.data)
         print(text, flush=True)
         try:
-            _atomic_write(res.path.with_suffix(".png"), lambda p: plot(res.data, p))
+            write_atomic(res.path.with_suffix(".png"), lambda p: plot(res.data, p))
             print(f"written: {res.path} and {res.path.with_suffix('.png')}", flush=True)
         except Exception as e:
             print(f"plot failed: {type(e).__name__}: {e}; results in {res.path}", flush=True)
