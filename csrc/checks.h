@@ -73,6 +73,44 @@ inline void check_conv_nbr_t(const c10::optional<at::Tensor>& nbr_t, const at::T
   }
 }
 
+// sparse_conv_weight_grad's features, output gradient and map.
+inline void check_weight_grad_args(const at::Tensor& feats, const at::Tensor& grad_out, const at::Tensor& nbr) {
+  check_feats(feats, "feats");
+  check_feats(grad_out, "grad_out");
+  check_map(nbr, "nbr");
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == feats.scalar_type(), "grad_out: expected dtype ", feats.scalar_type(),
+                   ", got ", grad_out.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.size(0) == nbr.size(1), "grad_out: expected ", nbr.size(1), " rows (the map's), got ",
+                    grad_out.size(0));
+}
+
+// Pooling forward: features, the strided map nbr [K, M] and its transpose nbr_t [K, input rows].
+inline void check_pool_inputs(const at::Tensor& feats, const at::Tensor& nbr, const at::Tensor& nbr_t) {
+  check_feats(feats, "feats");
+  check_map(nbr, "nbr");
+  check_map(nbr_t, "nbr_t");
+  TORCH_CHECK_VALUE(nbr_t.size(0) == nbr.size(0) && nbr_t.size(1) == feats.size(0), "nbr_t: expected shape [",
+                    nbr.size(0), ", ", feats.size(0), "] (K, input rows), got ", nbr_t.sizes());
+}
+
+inline void check_max_pool_backward_args(const at::Tensor& grad_out, const at::Tensor& argmax,
+                                         const at::Tensor& nbr_t) {
+  check_feats(grad_out, "grad_out");
+  check_map(nbr_t, "nbr_t");
+  TORCH_CHECK_VALUE(argmax.sizes() == grad_out.sizes() && argmax.scalar_type() == at::kInt && argmax.is_contiguous(),
+                    "argmax: expected a contiguous int32 tensor of shape ", grad_out.sizes(), ", got ",
+                    argmax.sizes());
+}
+
+inline void check_avg_pool_backward_args(const at::Tensor& grad_out, const at::Tensor& nbr, const at::Tensor& nbr_t) {
+  check_feats(grad_out, "grad_out");
+  check_map(nbr, "nbr");
+  check_map(nbr_t, "nbr_t");
+  TORCH_CHECK_VALUE(nbr.size(1) == grad_out.size(0) && nbr_t.size(0) == nbr.size(0), "nbr_t: expected the "
+                    "transpose of nbr [", nbr.size(0), ", ", grad_out.size(0), "], got nbr ", nbr.sizes(),
+                    " and nbr_t ", nbr_t.sizes());
+}
+
 // build_strided_map's geometry arguments (axis_limit: the largest coordinate the packed keys hold).
 inline void check_strided_args(c10::IntArrayRef spatial_shape, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
                                c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t axis_limit) {

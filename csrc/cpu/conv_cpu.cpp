@@ -248,13 +248,7 @@ at::Tensor sparse_conv_cpu(const at::Tensor& feats, const at::Tensor& weight, co
 }
 
 at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& feats, const at::Tensor& grad_out, const at::Tensor& nbr) {
-  check_feats(feats, "feats");
-  check_feats(grad_out, "grad_out");
-  check_map(nbr, "nbr");
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == feats.scalar_type(), "grad_out: expected dtype ", feats.scalar_type(),
-                   ", got ", grad_out.scalar_type());
-  TORCH_CHECK_VALUE(grad_out.size(0) == nbr.size(1), "grad_out: expected ", nbr.size(1), " rows (the map's), got ",
-                    grad_out.size(0));
+  check_weight_grad_args(feats, grad_out, nbr);
   const int64_t K = nbr.size(0), cin = feats.size(1), cout = grad_out.size(1);
   at::Tensor gw = at::empty({K, cin, cout}, feats.options());
   std::atomic<bool> bad{false};

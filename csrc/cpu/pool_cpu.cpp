@@ -20,14 +20,6 @@
 namespace sparseconv {
 namespace {
 
-void check_pool_inputs(const at::Tensor& feats, const at::Tensor& nbr, const at::Tensor& nbr_t) {
-  check_feats(feats, "feats");
-  check_map(nbr, "nbr");
-  check_map(nbr_t, "nbr_t");
-  TORCH_CHECK_VALUE(nbr_t.size(0) == nbr.size(0) && nbr_t.size(1) == feats.size(0), "nbr_t: expected shape [",
-                    nbr.size(0), ", ", feats.size(0), "] (K, input rows), got ", nbr_t.sizes());
-}
-
 // Calls fn(j) for every active input row j of window i; rows >= n_in (a map of other features) set `bad`.
 template <typename F>
 inline void for_window_inputs(const int32_t* nbr, int64_t K, int64_t M, int64_t i, int64_t n_in, bool& bad,
@@ -89,11 +81,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_max_pool_cpu(const at::Tensor& feats, 
 
 at::Tensor sparse_max_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& argmax,
                                         const at::Tensor& nbr_t) {
-  check_feats(grad_out, "grad_out");
-  check_map(nbr_t, "nbr_t");
-  TORCH_CHECK_VALUE(argmax.sizes() == grad_out.sizes() && argmax.scalar_type() == at::kInt && argmax.is_contiguous(),
-                    "argmax: expected a contiguous int32 tensor of shape ", grad_out.sizes(), ", got ",
-                    argmax.sizes());
+  check_max_pool_backward_args(grad_out, argmax, nbr_t);
   const int64_t K = nbr_t.size(0), n_in = nbr_t.size(1), M = grad_out.size(0), C = grad_out.size(1);
   at::Tensor grad_in = at::empty({n_in, C}, grad_out.options());
   const int32_t* nt = nbr_t.data_ptr<int32_t>();
@@ -163,12 +151,7 @@ at::Tensor sparse_avg_pool_cpu(const at::Tensor& feats, const at::Tensor& nbr, c
 }
 
 at::Tensor sparse_avg_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& nbr, const at::Tensor& nbr_t) {
-  check_feats(grad_out, "grad_out");
-  check_map(nbr, "nbr");
-  check_map(nbr_t, "nbr_t");
-  TORCH_CHECK_VALUE(nbr.size(1) == grad_out.size(0) && nbr_t.size(0) == nbr.size(0), "nbr_t: expected the "
-                    "transpose of nbr [", nbr.size(0), ", ", grad_out.size(0), "], got nbr ", nbr.sizes(),
-                    " and nbr_t ", nbr_t.sizes());
+  check_avg_pool_backward_args(grad_out, nbr, nbr_t);
   const int64_t K = nbr_t.size(0), n_in = nbr_t.size(1), M = grad_out.size(0), C = grad_out.size(1);
   at::Tensor grad_in = at::empty({n_in, C}, grad_out.options());
   const at::Tensor count = window_counts(nbr);

@@ -662,13 +662,7 @@ at::Tensor sparse_conv_cuda(const at::Tensor& feats, const at::Tensor& weight, c
 }
 
 at::Tensor sparse_conv_weight_grad_cuda(const at::Tensor& feats, const at::Tensor& grad_out, const at::Tensor& nbr) {
-  check_feats(feats, "feats");
-  check_feats(grad_out, "grad_out");
-  check_map(nbr, "nbr");
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == feats.scalar_type(), "grad_out: expected dtype ", feats.scalar_type(),
-                   ", got ", grad_out.scalar_type());
-  TORCH_CHECK_VALUE(grad_out.size(0) == nbr.size(1), "grad_out: expected ", nbr.size(1), " rows (the map's), got ",
-                    grad_out.size(0));
+  check_weight_grad_args(feats, grad_out, nbr);
   check_same_device(grad_out, "grad_out", feats, "feats");
   check_same_device(nbr, "nbr", feats, "feats");
   const int64_t K = nbr.size(0), cin = feats.size(1), cout = grad_out.size(1), n_out = nbr.size(1);

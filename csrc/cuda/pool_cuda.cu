@@ -105,14 +105,10 @@ __global__ void avg_pool_backward_kernel(const T* __restrict__ go, const int32_t
   }
 }
 
-void check_pool_inputs(const at::Tensor& feats, const at::Tensor& nbr, const at::Tensor& nbr_t) {
-  check_feats(feats, "feats");
-  check_map(nbr, "nbr");
-  check_map(nbr_t, "nbr_t");
+void check_pool_inputs_cuda(const at::Tensor& feats, const at::Tensor& nbr, const at::Tensor& nbr_t) {
+  check_pool_inputs_cuda(feats, nbr, nbr_t);
   check_same_device(nbr, "nbr", feats, "feats");
   check_same_device(nbr_t, "nbr_t", feats, "feats");
-  TORCH_CHECK_VALUE(nbr_t.size(0) == nbr.size(0) && nbr_t.size(1) == feats.size(0), "nbr_t: expected shape [",
-                    nbr.size(0), ", ", feats.size(0), "] (K, input rows), got ", nbr_t.sizes());
 }
 
 void finish_checks(const at::Tensor& bad, const at::Tensor& feats) {
@@ -133,7 +129,7 @@ at::Tensor window_counts(const at::Tensor& nbr, cudaStream_t stream) {
 
 std::tuple<at::Tensor, at::Tensor> sparse_max_pool_cuda(const at::Tensor& feats, const at::Tensor& nbr,
                                                         const at::Tensor& nbr_t) {
-  check_pool_inputs(feats, nbr, nbr_t);
+  check_pool_inputs_cuda(feats, nbr, nbr_t);
   c10::cuda::CUDAGuard guard(feats.device());
   auto stream = current_stream();
   const int64_t K = nbr.size(0), M = nbr.size(1), C = feats.size(1);
@@ -154,11 +150,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_max_pool_cuda(const at::Tensor& feats,
 
 at::Tensor sparse_max_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& argmax,
                                          const at::Tensor& nbr_t) {
-  check_feats(grad_out, "grad_out");
-  check_map(nbr_t, "nbr_t");
-  TORCH_CHECK_VALUE(argmax.sizes() == grad_out.sizes() && argmax.scalar_type() == at::kInt && argmax.is_contiguous(),
-                    "argmax: expected a contiguous int32 tensor of shape ", grad_out.sizes(), ", got ",
-                    argmax.sizes());
+  check_max_pool_backward_args(grad_out, argmax, nbr_t);
   check_same_device(argmax, "argmax", grad_out, "grad_out");
   check_same_device(nbr_t, "nbr_t", grad_out, "grad_out");
   c10::cuda::CUDAGuard guard(grad_out.device());
@@ -178,7 +170,7 @@ at::Tensor sparse_max_pool_backward_cuda(const at::Tensor& grad_out, const at::T
 }
 
 at::Tensor sparse_avg_pool_cuda(const at::Tensor& feats, const at::Tensor& nbr, const at::Tensor& nbr_t) {
-  check_pool_inputs(feats, nbr, nbr_t);
+  check_pool_inputs_cuda(feats, nbr, nbr_t);
   c10::cuda::CUDAGuard guard(feats.device());
   auto stream = current_stream();
   const int64_t K = nbr.size(0), M = nbr.size(1), C = feats.size(1);
@@ -198,14 +190,9 @@ at::Tensor sparse_avg_pool_cuda(const at::Tensor& feats, const at::Tensor& nbr, 
 }
 
 at::Tensor sparse_avg_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& nbr, const at::Tensor& nbr_t) {
-  check_feats(grad_out, "grad_out");
-  check_map(nbr, "nbr");
-  check_map(nbr_t, "nbr_t");
+  check_avg_pool_backward_args(grad_out, nbr, nbr_t);
   check_same_device(nbr, "nbr", grad_out, "grad_out");
   check_same_device(nbr_t, "nbr_t", grad_out, "grad_out");
-  TORCH_CHECK_VALUE(nbr.size(1) == grad_out.size(0) && nbr_t.size(0) == nbr.size(0), "nbr_t: expected the "
-                    "transpose of nbr [", nbr.size(0), ", ", grad_out.size(0), "], got nbr ", nbr.sizes(),
-                    " and nbr_t ", nbr_t.sizes());
   c10::cuda::CUDAGuard guard(grad_out.device());
   auto stream = current_stream();
   const int64_t K = nbr_t.size(0), n_in = nbr_t.size(1), M = grad_out.size(0), C = grad_out.size(1);
