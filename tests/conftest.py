@@ -63,6 +63,17 @@ def make_sparse(batch, shape, density=None, channels=1, dtype=torch.float64, see
     return sparseconv.SparseTensor(feats, coords, spatial_shape=triple(shape), batch_size=batch)
 
 
+def conv_by_map(feats, weight, bias, nbr):
+    """out[i] = bias + sum_k feats[nbr[k, i]] @ weight[k], entry by entry (a reference for tiny hand-made maps)."""
+    out = bias.expand(nbr.shape[1], weight.shape[2]).clone()
+    for k in range(nbr.shape[0]):
+        for i in range(nbr.shape[1]):
+            j = int(nbr[k, i])
+            if j >= 0:
+                out[i] = out[i] + feats[j] @ weight[k]
+    return out
+
+
 def scatter_dense(feats, coords, batch, shape):
     """Differentiable [B, C, X, Y, Z] tensor: feats at coords, zeros elsewhere (not the library's)."""
     X, Y, Z = triple(shape)
