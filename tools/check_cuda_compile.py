@@ -14,6 +14,11 @@ of torch generates for a shared-library build) into a temporary folder on the in
 needed: the CUDA sources include no cuBLAS/cuSPARSE headers (ATen/cuda/CUDAContext.h), which toolkits without
 those libraries lack.
 
+Host code is held to warnings-as-errors (-Wall -Werror, through -Xcompiler for nvcc): a GPU-only bug in host code,
+such as the argument check that called itself and overflowed the stack on every CUDA pooling call, then fails here,
+on a machine without a GPU. Before the real files, a canary with that very bug must fail under these flags, so the
+check cannot silently lose them.
+
 Usage: python tools/check_cuda_compile.py [--arch 90] [--jobs N] [files...]
 """
 from __future__ import annotations
@@ -61,6 +66,23 @@ def find_cuda_include(nvcc):
                 if os.path.exists(os.path.join(cand, "cuda_runtime_api.h")):
                     return cand
     return "/usr/local/cuda/include"
+
+
+# Host-code warnings that fail the check (torch's and CUDA's headers come in through -isystem, so only our code
+# is held to them).
+HOST_WARNINGS = ["-Wall", "-Werror"]
+
+# The bug that shipped (csrc/cuda/pool_cuda.cu before the fix), reduced: an argument check that calls itself.
+CANARY = r"""
+namespace {
+void check_args(const int* a, const int* b) {
+  check_args(a, b);
+  if (a == b) throw 1;
+}
+__global__ void kernel(int* p) { p[threadIdx.x] = 0; }
+}  // namespace
+void run(int* p) { check_args(p, p); kernel<<<1, 1>>>(p); }
+"""
 
 
 def load_setup():
@@ -115,11 +137,12 @@ def main():
     ext_defs = ["-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C", abi]
 
     nvcc_cmd = ([nvcc, "-c"] + list(cpp_extension.COMMON_NVCC_FLAGS) + setup_mod.nvcc_flags(False)
-                + [f"-gencode=arch=compute_{args.arch},code=sm_{args.arch}", "-Xcompiler", "-fPIC"]
+                + [f"-gencode=arch=compute_{args.arch},code=sm_{args.arch}", "-Xcompiler",
+                   ",".join(["-fPIC"] + HOST_WARNINGS)]
                 + ext_defs + includes)
     cxx = os.environ.get("CXX", "c++")
-    cxx_cmd = ([cxx, "-fsyntax-only", "-std=c++20", "-fPIC", "-fopenmp", "-DSPARSECONV_WITH_CUDA",
-                f'-DSPARSECONV_CUDA_ARCHS="{args.arch[:-1]}.{args.arch[-1]}"', '-DSPARSECONV_VERSION="check"']
+    cxx_cmd = ([cxx, "-fsyntax-only", "-std=c++20", "-fPIC", "-fopenmp", "-DSPARSECONV_WITH_CUDA"] + HOST_WARNINGS
+               + [f'-DSPARSECONV_CUDA_ARCHS="{args.arch[:-1]}.{args.arch[-1]}"', '-DSPARSECONV_VERSION="check"']
                + ext_defs + includes)
 
     files = args.files or (sorted(glob.glob(os.path.join(ROOT, "csrc/cuda/*.cu")))
@@ -142,6 +165,17 @@ def main():
     t_start = time.time()
     failed = []
     try:
+        canary = os.path.join(tmp, "canary.cu")
+        with open(canary, "w") as fh:
+            fh.write(CANARY)
+        proc = subprocess.run(nvcc_cmd + [canary, "-o", canary + ".o"], capture_output=True, text=True)
+        if proc.returncode == 0 or "infinite-recursion" not in proc.stdout + proc.stderr:
+            print("check_cuda_compile: FAILED - the canary (an argument check that calls itself, the bug that "
+                  f"crashed every CUDA pooling call) was not rejected by {' '.join(HOST_WARNINGS)} through nvcc "
+                  f"(rc {proc.returncode}); a host compiler with -Winfinite-recursion (GCC >= 12) is needed\n"
+                  + proc.stdout + proc.stderr)
+            return 1
+        print("  ok      canary with infinite recursion rejected", flush=True)
         with cf.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             futures = [pool.submit(compile_one, f) for f in files]
             for fut in cf.as_completed(futures):

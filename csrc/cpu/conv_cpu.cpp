@@ -219,22 +219,13 @@ void conv_weight_grad(const T* feats, int64_t n_in, int64_t cin, const T* gout, 
 
 at::Tensor sparse_conv_cpu(const at::Tensor& feats, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            const at::Tensor& nbr, const c10::optional<at::Tensor>& nbr_t) {
-  check_feats(feats, "feats");
-  check_map(nbr, "nbr");
-  check_conv_weight(weight, feats, nbr);
-  check_conv_nbr_t(nbr_t, nbr, feats);
+  check_sparse_conv_args(feats, weight, bias, nbr, nbr_t);
   const int64_t cout = weight.size(2), n_out = nbr.size(1);
   // Weight and bias in the compute type (a no-op for float32/float64).
   const auto compute = at::toOpMathType(feats.scalar_type());
   const at::Tensor w = weight.to(compute);
   at::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_TYPE(bias->scalar_type() == feats.scalar_type(), "bias: expected dtype ", feats.scalar_type(),
-                     ", got ", bias->scalar_type());
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == cout && bias->is_contiguous(),
-                      "bias: expected a contiguous tensor of shape [", cout, "], got ", bias->sizes());
-    b = bias->to(compute);
-  }
+  if (bias.has_value() && bias->defined()) b = bias->to(compute);
   at::Tensor out = at::empty({n_out, cout}, feats.options());
   std::atomic<bool> bad{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, feats.scalar_type(), "sparse_conv", [&] {

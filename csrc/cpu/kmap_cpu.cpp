@@ -68,9 +68,7 @@ void insert_rows(CoordHash& table, const int32_t* c, int64_t n, const char* name
 }
 
 at::Tensor build_subm_map_cpu(const at::Tensor& coords, c10::IntArrayRef kernel_size, c10::IntArrayRef dilation) {
-  check_int32_coords(coords, "coords");
-  check_triple(kernel_size, "kernel_size", 1, 15);
-  check_triple(dilation, "dilation", 1, 64);
+  check_subm_map_args(coords, kernel_size, dilation);
   const int64_t n = coords.size(0);
   const int64_t K = kernel_size[0] * kernel_size[1] * kernel_size[2];
   at::Tensor nbr = at::full({K, n}, -1, coords.options());
@@ -129,18 +127,8 @@ at::Tensor build_subm_map_cpu(const at::Tensor& coords, c10::IntArrayRef kernel_
 std::tuple<at::Tensor, at::Tensor> build_strided_map_cpu(const at::Tensor& coords, c10::IntArrayRef spatial_shape,
                                                          c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
                                                          c10::IntArrayRef padding, c10::IntArrayRef dilation) {
-  check_int32_coords(coords, "coords");
-  check_strided_args(spatial_shape, kernel_size, stride, padding, dilation, kAxisLimit);
-  std::array<int64_t, 3> out_shape;
-  for (int d = 0; d < 3; ++d) {
-    const int64_t span = dilation[d] * (kernel_size[d] - 1) + 1;
-    const int64_t padded = spatial_shape[d] + 2 * padding[d];
-    TORCH_CHECK_VALUE(padded >= span, "kernel_size: the dilated kernel (", span, ") is larger than the padded input (",
-                      padded, ") along axis ", d);
-    out_shape[d] = (padded - span) / stride[d] + 1;
-    TORCH_CHECK_VALUE(out_shape[d] <= kAxisLimit, "spatial_shape / padding: the output grid (", out_shape[d],
-                      ") exceeds the coordinate limit (", kAxisLimit, ") along axis ", d);
-  }
+  const std::array<int64_t, 3> out_shape =
+      check_strided_map_args(coords, spatial_shape, kernel_size, stride, padding, dilation, kAxisLimit);
   const int64_t n = coords.size(0);
   const int64_t K = kernel_size[0] * kernel_size[1] * kernel_size[2];
   const int32_t* c = coords.data_ptr<int32_t>();
@@ -274,8 +262,7 @@ std::tuple<at::Tensor, at::Tensor> build_strided_map_cpu(const at::Tensor& coord
 }
 
 at::Tensor invert_map_cpu(const at::Tensor& nbr, int64_t n_in) {
-  check_map(nbr, "nbr");
-  TORCH_CHECK_VALUE(n_in >= 0, "n_in: expected a non-negative row count, got ", n_in);
+  check_invert_map_args(nbr, n_in);
   const int64_t K = nbr.size(0), m = nbr.size(1);
   at::Tensor out = at::full({K, n_in}, -1, nbr.options());
   const int32_t* src = nbr.data_ptr<int32_t>();

@@ -66,7 +66,7 @@ void max_pool(const T* f, int64_t n_in, int64_t C, const int32_t* nbr, int64_t K
 
 std::tuple<at::Tensor, at::Tensor> sparse_max_pool_cpu(const at::Tensor& feats, const at::Tensor& nbr,
                                                        const at::Tensor& nbr_t) {
-  check_pool_inputs(feats, nbr, nbr_t);
+  check_pool_args(feats, nbr, nbr_t);
   const int64_t K = nbr.size(0), M = nbr.size(1), C = feats.size(1);
   at::Tensor out = at::empty({M, C}, feats.options());
   at::Tensor arg = at::empty({M, C}, nbr.options());
@@ -121,7 +121,7 @@ at::Tensor window_counts(const at::Tensor& nbr) {
 }
 
 at::Tensor sparse_avg_pool_cpu(const at::Tensor& feats, const at::Tensor& nbr, const at::Tensor& nbr_t) {
-  check_pool_inputs(feats, nbr, nbr_t);
+  check_pool_args(feats, nbr, nbr_t);
   const int64_t K = nbr.size(0), M = nbr.size(1), C = feats.size(1), n_in = feats.size(0);
   at::Tensor out = at::empty({M, C}, feats.options());
   const at::Tensor count = window_counts(nbr);

@@ -39,9 +39,7 @@ __global__ void subm_lookup_kernel(const int32_t* __restrict__ c, int64_t n, Dev
 }
 
 at::Tensor build_subm_map_cuda(const at::Tensor& coords, c10::IntArrayRef kernel_size, c10::IntArrayRef dilation) {
-  check_int32_coords(coords, "coords");
-  check_triple(kernel_size, "kernel_size", 1, 15);
-  check_triple(dilation, "dilation", 1, 64);
+  check_subm_map_args(coords, kernel_size, dilation);
   c10::cuda::CUDAGuard guard(coords.device());
   const int64_t n = coords.size(0);
   const int64_t K = kernel_size[0] * kernel_size[1] * kernel_size[2];
@@ -139,21 +137,15 @@ __global__ void strided_fill_kernel(const int32_t* __restrict__ c, int64_t n, Ge
 std::tuple<at::Tensor, at::Tensor> build_strided_map_cuda(const at::Tensor& coords, c10::IntArrayRef spatial_shape,
                                                           c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
                                                           c10::IntArrayRef padding, c10::IntArrayRef dilation) {
-  check_int32_coords(coords, "coords");
-  check_strided_args(spatial_shape, kernel_size, stride, padding, dilation, kAxisLimit);
+  const std::array<int64_t, 3> out_shape =
+      check_strided_map_args(coords, spatial_shape, kernel_size, stride, padding, dilation, kAxisLimit);
   Geometry g;
   for (int d = 0; d < 3; ++d) {
-    const int64_t span = dilation[d] * (kernel_size[d] - 1) + 1;
-    const int64_t padded = spatial_shape[d] + 2 * padding[d];
-    TORCH_CHECK_VALUE(padded >= span, "kernel_size: the dilated kernel (", span, ") is larger than the padded input (",
-                      padded, ") along axis ", d);
     g.ks[d] = kernel_size[d];
     g.st[d] = stride[d];
     g.pad[d] = padding[d];
     g.dil[d] = dilation[d];
-    g.out[d] = (padded - span) / stride[d] + 1;
-    TORCH_CHECK_VALUE(g.out[d] <= kAxisLimit, "spatial_shape / padding: the output grid (", g.out[d],
-                      ") exceeds the coordinate limit (", kAxisLimit, ") along axis ", d);
+    g.out[d] = out_shape[d];
     g.in[d] = spatial_shape[d];
   }
   c10::cuda::CUDAGuard guard(coords.device());
@@ -243,8 +235,7 @@ __global__ void invert_kernel(const int32_t* __restrict__ src, int64_t K, int64_
 }
 
 at::Tensor invert_map_cuda(const at::Tensor& nbr, int64_t n_in) {
-  check_map(nbr, "nbr");
-  TORCH_CHECK_VALUE(n_in >= 0, "n_in: expected a non-negative row count, got ", n_in);
+  check_invert_map_args(nbr, n_in);
   c10::cuda::CUDAGuard guard(nbr.device());
   const int64_t K = nbr.size(0), m = nbr.size(1);
   at::Tensor out = at::full({K, n_in}, -1, nbr.options());

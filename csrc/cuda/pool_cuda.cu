@@ -105,12 +105,6 @@ __global__ void avg_pool_backward_kernel(const T* __restrict__ go, const int32_t
   }
 }
 
-void check_pool_inputs_cuda(const at::Tensor& feats, const at::Tensor& nbr, const at::Tensor& nbr_t) {
-  check_pool_inputs_cuda(feats, nbr, nbr_t);
-  check_same_device(nbr, "nbr", feats, "feats");
-  check_same_device(nbr_t, "nbr_t", feats, "feats");
-}
-
 void finish_checks(const at::Tensor& bad, const at::Tensor& feats) {
   if (!sync_checks()) return;
   const auto b = read_back(bad.data_ptr<int32_t>(), 1, current_stream());
@@ -129,7 +123,7 @@ at::Tensor window_counts(const at::Tensor& nbr, cudaStream_t stream) {
 
 std::tuple<at::Tensor, at::Tensor> sparse_max_pool_cuda(const at::Tensor& feats, const at::Tensor& nbr,
                                                         const at::Tensor& nbr_t) {
-  check_pool_inputs_cuda(feats, nbr, nbr_t);
+  check_pool_args(feats, nbr, nbr_t);
   c10::cuda::CUDAGuard guard(feats.device());
   auto stream = current_stream();
   const int64_t K = nbr.size(0), M = nbr.size(1), C = feats.size(1);
@@ -151,8 +145,6 @@ std::tuple<at::Tensor, at::Tensor> sparse_max_pool_cuda(const at::Tensor& feats,
 at::Tensor sparse_max_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& argmax,
                                          const at::Tensor& nbr_t) {
   check_max_pool_backward_args(grad_out, argmax, nbr_t);
-  check_same_device(argmax, "argmax", grad_out, "grad_out");
-  check_same_device(nbr_t, "nbr_t", grad_out, "grad_out");
   c10::cuda::CUDAGuard guard(grad_out.device());
   auto stream = current_stream();
   const int64_t K = nbr_t.size(0), n_in = nbr_t.size(1), M = grad_out.size(0), C = grad_out.size(1);
@@ -170,7 +162,7 @@ at::Tensor sparse_max_pool_backward_cuda(const at::Tensor& grad_out, const at::T
 }
 
 at::Tensor sparse_avg_pool_cuda(const at::Tensor& feats, const at::Tensor& nbr, const at::Tensor& nbr_t) {
-  check_pool_inputs_cuda(feats, nbr, nbr_t);
+  check_pool_args(feats, nbr, nbr_t);
   c10::cuda::CUDAGuard guard(feats.device());
   auto stream = current_stream();
   const int64_t K = nbr.size(0), M = nbr.size(1), C = feats.size(1);
@@ -191,8 +183,6 @@ at::Tensor sparse_avg_pool_cuda(const at::Tensor& feats, const at::Tensor& nbr, 
 
 at::Tensor sparse_avg_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& nbr, const at::Tensor& nbr_t) {
   check_avg_pool_backward_args(grad_out, nbr, nbr_t);
-  check_same_device(nbr, "nbr", grad_out, "grad_out");
-  check_same_device(nbr_t, "nbr_t", grad_out, "grad_out");
   c10::cuda::CUDAGuard guard(grad_out.device());
   auto stream = current_stream();
   const int64_t K = nbr_t.size(0), n_in = nbr_t.size(1), M = grad_out.size(0), C = grad_out.size(1);
