@@ -7,15 +7,22 @@
 #   device run:  bash tools/gpu_session.sh                 (timeout_s 600)
 #   locally:     OUT=/tmp/gs STAGES="build test" bash tools/gpu_session.sh
 #
-# Stages (STAGES, default "build test bench sanitize"):
+# Stages (STAGES, default "build errors test classify bench sanitize"):
 #   build     FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 setup.py build_ext --inplace; the whole compiler
 #             output goes to build.log (also when it fails), per-object compile times from ninja's log to
 #             session.log. The benchmark's scenes are generated in the background meanwhile (NumPy only).
+#   errors    tools/bad_args_smoke.py: bad arguments on CPU and CUDA tensors, each case in its own process, must raise
+#             ValueError / TypeError (the first run's build killed the process on every TORCH_CHECK_VALUE). When a
+#             case dies: a host backtrace of it (gdb, else cuda-gdb) into backtrace.txt, then rebuilds with
+#             SPARSECONV_NATIVE=0, then with clang++ if the machine has one, until a setting raises cleanly; the
+#             later stages use the last build, and session.log says which setting fixed it.
 #   test      tests/test_cuda.py with a per-test watchdog (GPU_TEST_TIMEOUT s, default 60: a hung kernel dumps
 #             the Python stacks and ends that pytest process); when a process dies, hangs, or stops because a test
 #             left the CUDA context unusable (exit 3), pytest starts again with the tests not yet run, until all
-#             ran or the stage's time is up. No -x: every failure is listed. The CPU reference tests (conv vs
-#             conv3d, maps vs brute force, pooling, voxelize, gradcheck, bad inputs) run beside them on 4 threads.
+#             ran or the stage's time is up. No -x: every failure is listed. The whole CPU suite (every other
+#             tests/ file) runs beside them under pytest-xdist (-n 4), on this host's AVX-512 cores.
+#   classify  `sparseconv classify` of one generated tile with --device cpu and --device cuda: the classes must be
+#             the same (points that differ are counted and printed).
 #   bench     benchmarks/bench_cuda.py with its own time budget; it rewrites bench_cuda.json after every figure.
 #   sanitize  compute-sanitizer memcheck, then racecheck, then initcheck on test_sanitizer_smoke (every kernel
 #             variant once, tiny sizes, PyTorch's caching allocator off so out-of-bounds accesses are seen).
@@ -28,7 +35,7 @@ set -uo pipefail
 
 START=$(date +%s)
 BUDGET=${BUDGET:-560}               # seconds for the whole script (the tool kills the command at 600)
-STAGES=${STAGES:-"build test bench sanitize"}
+STAGES=${STAGES:-"build errors test classify bench sanitize"}
 PY=${PY:-python3}
 GPU_TESTS=${GPU_TESTS:-tests/test_cuda.py}
 REQUIRE_CUDA_BUILD=${REQUIRE_CUDA_BUILD:-1}  # 0: run the later stages on a CPU-only build (to check this script)
@@ -132,6 +139,41 @@ if ! $PY -c "import json, sparseconv; i = sparseconv.build_info(); print(json.du
     2>&1 | tee "$W/build_info.txt"; then
   BUILD_OK=0
   echo "sparseconv does not import with CUDA kernels: the test and sanitizer stages are skipped"
+fi
+
+# ------------------------------------------------------------------------------------------------------------
+if want errors && [ $BUILD_OK -eq 1 ]; then
+  stage "errors"
+  t0=$(date +%s)
+  smoke() { timeout -k 5 150 $PY tools/bad_args_smoke.py --jobs 8 > "$W/bad_args_$1.log" 2>&1; local r=$?;
+            grep -E 'DIED|WRONG|bad_args_smoke' "$W/bad_args_$1.log"; return $r; }
+  if smoke default; then
+    echo "bad arguments: every case raised ValueError/TypeError with the default build"
+  else
+    died=$(grep -m1 'DIED' "$W/bad_args_default.log" | awk '{print $1 " " $2}')
+    if [ -n "$died" ]; then
+      set -- $died
+      GDB=$(command -v gdb || command -v cuda-gdb)
+      echo "host backtrace of '$2' on $1 with ${GDB:-no debugger} -> backtrace.txt (in extras)"
+      [ -n "$GDB" ] && timeout -k 5 120 "$GDB" -batch -ex run -ex bt -ex 'x/8i $pc' -ex 'info registers rsp rip' \
+        --args $PY tools/bad_args_smoke.py --device "$1" --case "$2" > "$W/backtrace.txt" 2>&1
+      grep -E '^#[0-9]+ |=> |^rsp|^rip|SIG' "$W/backtrace.txt" | head -40
+      # Bisect the build settings (ninja recompiles only what a changed flag touches).
+      for setting in "SPARSECONV_NATIVE=0" "CXX=clang++ SPARSECONV_NATIVE=0"; do
+        case $setting in CXX=clang++*) command -v clang++ >/dev/null 2>&1 || continue ;; esac
+        echo "rebuilding with $setting"
+        env $setting FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
+          timeout -k 10 240 $PY setup.py build_ext --inplace > "$W/build_${setting// /_}.log" 2>&1 \
+          || { echo "  build failed (log in extras)"; continue; }
+        if smoke "${setting// /_}"; then
+          echo "FIXED BY: $setting (the later stages use this build)"
+          break
+        fi
+      done
+    fi
+  fi
+  record errors "" "$(( $(date +%s) - t0 ))"
+  pack_extras
 fi
 
 # ------------------------------------------------------------------------------------------------------------
@@ -337,6 +379,7 @@ if want test && [ $BUILD_OK -eq 1 ]; then
   reserve=0
   want bench && reserve=$(( reserve + 150 ))
   want sanitize && reserve=$(( reserve + 30 ))
+  want classify && reserve=$(( reserve + 60 ))
   CAP=$(max 60 "$(min 300 $(( $(left) - reserve )))")
   END=$(( $(date +%s) + CAP ))
   echo "time cap $CAP s; per-test watchdog ${GPU_TEST_TIMEOUT:-60} s"
@@ -344,10 +387,10 @@ if want test && [ $BUILD_OK -eq 1 ]; then
   PROG="$W/progress.txt"
   : > "$PROG"
   : > "$OUT/tests.log"
-  ( OMP_NUM_THREADS=4 timeout -k 5 "$CAP" $PY -m pytest -q -p no:cacheprovider -rfE --tb=short \
-      tests/test_conv_reference.py tests/test_kmap_bruteforce.py tests/test_pool.py tests/test_voxelize.py \
-      tests/test_gradcheck.py tests/test_bad_inputs.py tests/test_autocast.py tests/test_build_info.py \
-      --junitxml="$W/junit_cpu_reference.xml" > "$W/tests_cpu_reference.log" 2>&1 ) &
+  XDIST="-n 4"
+  $PY -c "import xdist" 2>/dev/null || XDIST=""
+  ( OMP_NUM_THREADS=2 timeout -k 5 "$CAP" $PY -m pytest -q -p no:cacheprovider -rfE --tb=short $XDIST tests \
+      --ignore=tests/test_cuda.py --junitxml="$W/junit_cpu_suite.xml" > "$W/tests_cpu_suite.log" 2>&1 ) &
   CPU_PID=$!
   attempt=0
   while :; do
@@ -378,9 +421,34 @@ if want test && [ $BUILD_OK -eq 1 ]; then
   $PY "$W/sc_gpu_plugin.py" junit "$PROG" "$OUT/junit.xml"
   record test "attempts=$attempt" "$(( $(date +%s) - t0 ))"
   wait "$CPU_PID"
-  echo "CPU reference tests (beside them, 4 threads): $(tail -1 "$W/tests_cpu_reference.log")"
-  grep -E '^(FAILED|ERROR)' "$W/tests_cpu_reference.log" | head -20
+  echo "whole CPU suite (beside them, ${XDIST:-no xdist}): $(tail -1 "$W/tests_cpu_suite.log")"
+  grep -E '^(FAILED|ERROR)' "$W/tests_cpu_suite.log" | head -20
   pack_extras
+fi
+
+# ------------------------------------------------------------------------------------------------------------
+if want classify && [ $BUILD_OK -eq 1 ]; then
+  stage "classify"
+  t0=$(date +%s)
+  CL="$W/classify"
+  mkdir -p "$CL"
+  timeout -k 5 60 $PY -m sparseconv.cli generate "$CL/in" --tiles 1 --seed 3 --quiet > "$CL/log.txt" 2>&1
+  TILE=$(ls "$CL"/in/*.la[sz] 2>/dev/null | head -1)
+  for d in cpu cuda; do
+    timeout -k 5 90 $PY -m sparseconv.cli classify "$TILE" -o "$CL/out_$d.laz" --device $d --quiet >> "$CL/log.txt" 2>&1 \
+      || echo "classify --device $d failed (log in extras: classify/log.txt)"
+  done
+  timeout -k 5 60 $PY - "$CL/out_cpu.laz" "$CL/out_cuda.laz" <<'EOF'
+import sys
+import laspy
+import numpy as np
+a, b = (np.asarray(laspy.read(p).classification) for p in sys.argv[1:3])
+diff = int(np.count_nonzero(a != b))
+print(f"classify cpu vs cuda on a generated tile ({a.size} points): {diff} points differ"
+      + ("" if diff == 0 else f" ({100 * diff / a.size:.3f} %): MISMATCH"))
+EOF
+  tail -4 "$CL/log.txt"
+  record classify "" "$(( $(date +%s) - t0 ))"
 fi
 
 # ------------------------------------------------------------------------------------------------------------
