@@ -31,7 +31,8 @@ def test_import_is_light():
 
 
 @pytest.mark.parametrize("attr", ["models.VoxelClassifier", "data.lidar_scene", "io.las_info",
-                                  "lidar.PointSegNet", "metrics", "distributed.init"])
+                                  "lidar.PointSegNet", "metrics", "distributed.init", "spconv.SubMConv3d",
+                                  "spconv.pytorch.SparseConvTensor"])
 def test_subpackage_reachable_as_attribute(attr):
     assert _run(
         "import json, sparseconv\n"
@@ -44,5 +45,12 @@ def test_unknown_attribute_still_raises():
     import sparseconv
 
     with pytest.raises(AttributeError, match="no attribute 'not_a_module'"):
-        sparseconv.not_a_module
+        _ = sparseconv.not_a_module
     assert set(SUBPACKAGES) <= set(dir(sparseconv))
+
+
+def test_spconv_front_door_never_imports_spconv():
+    assert _run(
+        "import json, sys\nimport sparseconv.spconv.pytorch as spconv\nspconv.SubMConv3d(4, 16, 3)\n"
+        "print(json.dumps([m for m in sys.modules if m.split('.')[0] in ('spconv', 'cumm')]))"
+    ) == []

@@ -29,9 +29,12 @@ class _SparseConv(nn.Module):
         self.dilation = triple(dilation, "dilation", 1)
         self.indice_key = optional_str(indice_key, "indice_key")
         kw = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(*self.kernel_size, in_channels, out_channels, **kw))
+        self.weight = nn.Parameter(torch.empty(*self._weight_shape(), **kw))
         self.bias = nn.Parameter(torch.empty(out_channels, **kw)) if bias else None
         self.reset_parameters()
+
+    def _weight_shape(self):
+        return (*self.kernel_size, self.in_channels, self.out_channels)
 
     def reset_parameters(self):
         # torch.nn.Conv3d's default: kaiming_uniform(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -62,8 +65,8 @@ class _SparseConv(nn.Module):
                              f"but the input has {x.feats.shape[1]} channels")
 
     def _weight_matrices(self):
-        """[K, Cin, Cout]: the matrix of each kernel offset (a layer that stores its weight in another layout,
-        e.g. sparseconv.spconv's, converts here)."""
+        """[K, Cin, Cout]: the matrix of each kernel offset. A layer that stores its weight in another layout
+        (sparseconv.spconv's) overrides this and _weight_shape."""
         return self.weight.view(math.prod(self.kernel_size), self.in_channels, self.out_channels)
 
     def _apply_map(self, x, kmap):
