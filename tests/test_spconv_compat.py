@@ -285,6 +285,8 @@ def test_sparse_batchnorm_and_relu_take_the_tensor():
      TypeError, "batch_size: expected an int, got float"),
     (lambda: spconv.SparseConvTensor(torch.zeros(1, 1), torch.full((1, 4), 3, dtype=torch.int32), [2] * 3, 4),
      ValueError, "lies outside spatial_shape"),
+    (lambda: spconv.SparseConvTensor.from_sparse_tensor(sparseconv.SparseTensor(torch.zeros(1, 1), torch.zeros(
+        1, 4, dtype=torch.int32), (2, 2, 2)), 2), ValueError, "ndim: expected 3, or 2 for a tensor whose third"),
     (lambda: spconv.SubMConv4d, AttributeError, "spconv's SubMConv4d is not supported: only the 2D and 3D"),
     (lambda: spconv.JoinTable, AttributeError, "JoinTable is not supported: concatenate features"),
     (lambda: spconv.no_such_thing, AttributeError, "has no attribute 'no_such_thing'"),

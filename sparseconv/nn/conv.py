@@ -2,7 +2,8 @@
 [Cin, Cout] block; `from_conv3d` / `from_conv_transpose3d` bring dense-trained weights over unchanged.
 
 indice_key names a map in the input's cache: submanifold layers with one key share a map, and an inverse conv
-finds the strided conv (or pooling layer) whose input sites it restores. Reusing a key with another geometry raises.
+finds the strided conv (or pooling layer) whose input sites it restores. Reusing a key with another geometry
+raises.
 """
 import math
 

@@ -117,6 +117,9 @@ class SparseConvTensor:
         """A view of a sparseconv.SparseTensor (sites, features and kernel-map cache shared)."""
         if not isinstance(tensor, SparseTensor):
             raise TypeError(f"tensor: expected a sparseconv.SparseTensor, got {type(tensor).__name__}")
+        if ndim not in (2, 3) or ndim == 2 and tensor.spatial_shape[2] != 1:
+            raise ValueError(f"ndim: expected 3, or 2 for a tensor whose third axis has size 1, got {ndim} for "
+                             f"spatial_shape {tensor.spatial_shape}")
         return cls.__new__(cls)._set(tensor, ndim)
 
     @property
