@@ -12,10 +12,29 @@ uses exactly these flags; setup() itself only runs when this file is executed (p
 import glob
 import os
 
+import setuptools
 from setuptools import setup
 
-import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+# pyproject.toml states its licence as a PEP 639 string (license = "MIT"), which setuptools reads from 77 on;
+# older ones stop with a schema error about `project.license` that does not say this. pip's isolated build
+# installs setuptools>=77 (build-system.requires); --no-build-isolation uses whatever the environment has.
+MIN_SETUPTOOLS = 77
+
+
+def check_setuptools(version=setuptools.__version__):
+    major = version.split(".")[0]
+    if major.isdigit() and int(major) < MIN_SETUPTOOLS:
+        raise SystemExit(f"sparseconv: building needs setuptools >= {MIN_SETUPTOOLS} (pyproject.toml's PEP 639 "
+                         f"license field), this environment has setuptools {version}. Upgrade it, then build "
+                         f'again: pip install "setuptools>={MIN_SETUPTOOLS}" (or build without '
+                         "--no-build-isolation, which installs it for the build only).")
+
+
+if __name__ == "__main__":
+    check_setuptools()  # before torch: the message must come first, whatever else is missing
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VERSION = "0.1.0"

@@ -56,3 +56,20 @@ from . import nn  # noqa: E402
 
 __all__ = ["SparseTensor", "sparse_collate", "voxelize", "devoxelize", "build_info", "nn", "ops",
            "collate", "set_deterministic", "is_deterministic"]
+
+# Public subpackages load on first attribute access (PEP 562), so `import sparseconv` stays light and
+# `sparseconv.models.VoxelClassifier` works without `import sparseconv.models`; laspy, matplotlib and Open3D are
+# imported only by the code that uses them.
+_LAZY_SUBMODULES = ("data", "distributed", "io", "lidar", "metrics", "models", "spconv")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'sparseconv' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

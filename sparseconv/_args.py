@@ -33,3 +33,9 @@ def positive_int(value, name, hi=None):
         raise ValueError(f"{name}: expected an int in [1, {hi}], got {value}" if hi else
                          f"{name}: expected a positive int, got {value}")
     return value
+
+
+def optional_str(value, name):
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name}: expected a str or None, got {type(value).__name__}")
+    return value

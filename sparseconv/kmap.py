@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
+from .tensor import AXIS_LIMIT
 
 
 class KernelMap:
@@ -78,6 +79,46 @@ def strided_map(x, kernel_size, stride, padding, dilation):
         )
         entry = x.kmaps[key] = StridedMap(KernelMap(nbr, x.coords.shape[0]), out_coords, out_shape,
                                           new_sites(x.kmaps))
+    return entry
+
+
+def transposed_output_shape(spatial_shape, kernel_size, stride, padding, dilation):
+    """F.conv_transpose3d's output grid (output_padding 0)."""
+    return tuple((s - 1) * st - 2 * p + d * (k - 1) + 1
+                 for s, k, st, p, d in zip(spatial_shape, kernel_size, stride, padding, dilation))
+
+
+def transposed_map(x, kernel_size, stride, padding, dilation):
+    """A transposed conv's output sites (every cell of F.conv_transpose3d's grid that an active input reaches,
+    sorted by (batch, x, y, z)) and map. Built with torch ops: input i feeds output i * stride - padding +
+    offset * dilation, so the scatter map nbr_t comes straight from the unique output keys, and its inverse (one
+    input per offset and output) is the gather map."""
+    key = ("transposed", x.sites, kernel_size, stride, padding, dilation)
+    entry = x.kmaps.get(key)
+    if entry is None:
+        out_shape = transposed_output_shape(x.spatial_shape, kernel_size, stride, padding, dilation)
+        if min(out_shape) < 1 or max(out_shape) > AXIS_LIMIT:
+            raise ValueError(f"spatial_shape: a transposed conv with kernel_size={kernel_size}, stride={stride}, "
+                             f"padding={padding}, dilation={dilation} turns {x.spatial_shape} into {out_shape}; "
+                             f"expected every axis in [1, {AXIS_LIMIT}]")
+        device = x.coords.device
+        grids = torch.meshgrid(*(torch.arange(k, device=device) for k in kernel_size), indexing="ij")
+        offsets = torch.stack([g.reshape(-1) for g in grids], 1)  # [K, 3], row k = weight's offset k
+        c = x.coords.long()
+        step, shift, spread = (torch.tensor(v, device=device) for v in (stride, padding, dilation))
+        pos = c[None, :, 1:] * step - shift + offsets[:, None, :] * spread  # [K, N, 3]
+        shape = torch.tensor(out_shape, device=device)
+        inside = ((pos >= 0) & (pos < shape)).all(-1)
+        X, Y, Z = out_shape
+        keys = ((c[None, :, 0] * X + pos[..., 0]) * Y + pos[..., 1]) * Z + pos[..., 2]
+        out_keys, rows = torch.unique(keys[inside], return_inverse=True)
+        nbr_t = torch.full(keys.shape, -1, dtype=torch.int32, device=device)
+        nbr_t[inside] = rows.to(torch.int32)
+        out_coords = torch.stack([out_keys // (X * Y * Z), out_keys // (Y * Z) % X, out_keys // Z % Y,
+                                  out_keys % Z], 1).to(torch.int32)
+        # Kept as the map of the reverse direction (outputs -> inputs): its transpose is the gather map.
+        reverse = KernelMap(nbr_t, out_coords.shape[0])
+        entry = x.kmaps[key] = StridedMap(reverse.transposed(), out_coords, out_shape, new_sites(x.kmaps))
     return entry
 
 

@@ -1,6 +1,6 @@
 """Layers for sparse networks (spconv-style names and argument order)."""
 from .bridge import ToDense, ToSparse
-from .conv import SparseConv3d, SparseInverseConv3d, SubMConv3d
+from .conv import SparseConv3d, SparseConvTranspose3d, SparseInverseConv3d, SubMConv3d
 from .modules import (
     BatchNorm3d,
     SparseBatchNorm,
@@ -18,7 +18,7 @@ from .pool import GlobalAvgPool, GlobalMaxPool, SparseAvgPool3d, SparseMaxPool3d
 from .topk import SparseTopK
 
 __all__ = [
-    "SubMConv3d", "SparseConv3d", "SparseInverseConv3d",
+    "SubMConv3d", "SparseConv3d", "SparseInverseConv3d", "SparseConvTranspose3d",
     "SparseMaxPool3d", "SparseAvgPool3d", "GlobalMaxPool", "GlobalAvgPool",
     "SparseBatchNorm", "SparseReLU", "SparseLeakyReLU", "SparseELU", "SparseGELU", "SparseSiLU", "SparseSigmoid",
     "SparseDropout", "SparseFeatureWise", "SparseSequential",

@@ -2,7 +2,8 @@
 [Cin, Cout] block; `from_conv3d` / `from_conv_transpose3d` bring dense-trained weights over unchanged.
 
 indice_key names a map in the input's cache: submanifold layers with one key share a map, and an inverse conv
-finds the strided conv whose input sites it restores. Reusing a key with another geometry raises.
+finds the strided conv (or pooling layer) whose input sites it restores. Reusing a key with another geometry
+raises.
 """
 import math
 
@@ -10,8 +11,8 @@ import torch
 from torch import nn
 
 from .. import ops
-from .._args import positive_int, triple
-from ..kmap import restrict_inputs, strided_map, subm_map, subset_chain
+from .._args import optional_str, positive_int, triple
+from ..kmap import restrict_inputs, strided_map, subm_map, subset_chain, transposed_map
 from ..tensor import SparseTensor
 
 MAX_KERNEL = 15  # per axis; csrc/cpu/kmap_cpu.cpp's limit
@@ -27,13 +28,14 @@ class _SparseConv(nn.Module):
         self.stride = triple(stride, "stride", 1)
         self.padding = triple(padding, "padding", 0)
         self.dilation = triple(dilation, "dilation", 1)
-        if indice_key is not None and not isinstance(indice_key, str):
-            raise TypeError(f"indice_key: expected a str or None, got {type(indice_key).__name__}")
-        self.indice_key = indice_key
+        self.indice_key = optional_str(indice_key, "indice_key")
         kw = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(*self.kernel_size, in_channels, out_channels, **kw))
+        self.weight = nn.Parameter(torch.empty(*self._weight_shape(), **kw))
         self.bias = nn.Parameter(torch.empty(out_channels, **kw)) if bias else None
         self.reset_parameters()
+
+    def _weight_shape(self):
+        return (*self.kernel_size, self.in_channels, self.out_channels)
 
     def reset_parameters(self):
         # torch.nn.Conv3d's default: kaiming_uniform(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -63,26 +65,35 @@ class _SparseConv(nn.Module):
             raise ValueError(f"feats: {type(self).__name__} has in_channels={self.in_channels}, "
                              f"but the input has {x.feats.shape[1]} channels")
 
-    def _apply_map(self, x, kmap):
-        k = math.prod(self.kernel_size)
-        weight = self.weight.view(k, self.in_channels, self.out_channels)
-        return ops.sparse_conv(x.feats, weight, self.bias, kmap.nbr, kmap.nbr_t)
+    def _weight_matrices(self):
+        """[K, Cin, Cout]: the matrix of each kernel offset. A layer that stores its weight in another layout
+        (sparseconv.spconv's) overrides this and _weight_shape."""
+        return self.weight.view(math.prod(self.kernel_size), self.in_channels, self.out_channels)
 
-    def _record(self, x, geometry, **extra):
-        """The indice_key entry in x's cache: created on first use, checked on every later one."""
-        if self.indice_key is None:
-            return None
-        key = ("indice", self.indice_key)
-        rec = x.kmaps.get(key)
-        if rec is None:
-            rec = x.kmaps[key] = dict(geometry=geometry, sites=x.sites, **extra)
-        elif rec["geometry"] != geometry:
-            raise ValueError(f"indice_key {self.indice_key!r}: already used by a layer with geometry "
-                             f"{_describe(rec['geometry'])}; this {type(self).__name__} has {_describe(geometry)}")
-        elif rec["sites"] != x.sites:
-            raise ValueError(f"indice_key {self.indice_key!r}: already names the map of other sites (another "
-                             "resolution); give this layer its own indice_key")
-        return rec
+    def _apply_map(self, x, kmap):
+        return ops.sparse_conv(x.feats, self._weight_matrices(), self.bias, kmap.nbr, kmap.nbr_t)
+
+    def _record(self, x, geometry, entry=None):
+        return record_indice_key(x, self.indice_key, geometry, type(self).__name__, entry)
+
+
+def record_indice_key(x, indice_key, geometry, owner, entry=None):
+    """The indice_key entry in x's cache: created on first use (with x's sites, coords and shape, and the output
+    sites and map `entry` of a layer that makes new sites), checked on every later one."""
+    if indice_key is None:
+        return None
+    key = ("indice", indice_key)
+    rec = x.kmaps.get(key)
+    if rec is None:
+        rec = x.kmaps[key] = dict(geometry=geometry, sites=x.sites, coords=x.coords,
+                                  spatial_shape=x.spatial_shape, stride=x.stride, out=entry)
+    elif rec["geometry"] != geometry:
+        raise ValueError(f"indice_key {indice_key!r}: already used by a layer with geometry "
+                         f"{_describe(rec['geometry'])}; this {owner} has {_describe(geometry)}")
+    elif rec["sites"] != x.sites:
+        raise ValueError(f"indice_key {indice_key!r}: already names the map of other sites (another "
+                         "resolution); give this layer its own indice_key")
+    return rec
 
 
 def _describe(geometry):
@@ -131,7 +142,7 @@ class SparseConv3d(_SparseConv):
         self._check_input(x)
         geometry = ("strided", self.kernel_size, self.stride, self.padding, self.dilation)
         entry = strided_map(x, self.kernel_size, self.stride, self.padding, self.dilation)
-        self._record(x, geometry, strided=entry, coords=x.coords, spatial_shape=x.spatial_shape, stride=x.stride)
+        self._record(x, geometry, entry)
         out = self._apply_map(x, entry.kmap)
         stride = tuple(a * b for a, b in zip(x.stride, self.stride))
         return SparseTensor._derived(out, entry.out_coords, entry.out_shape, x.batch_size, stride, x.kmaps,
@@ -168,8 +179,8 @@ class SparseInverseConv3d(_SparseConv):
         self._check_input(x)
         rec = x.kmaps.get(("indice", self.indice_key))
         if rec is None or rec["geometry"][0] != "strided":
-            raise ValueError(f"indice_key {self.indice_key!r}: no SparseConv3d with this indice_key ran on the "
-                             "inputs of this tensor")
+            raise ValueError(f"indice_key {self.indice_key!r}: no SparseConv3d or pooling layer with this "
+                             "indice_key ran on the inputs of this tensor")
         _, kernel_size, stride, padding, dilation = rec["geometry"]
         if kernel_size != self.kernel_size:
             raise ValueError(f"kernel_size: {self.kernel_size} differs from the kernel_size {kernel_size} of the "
@@ -187,7 +198,7 @@ class SparseInverseConv3d(_SparseConv):
         that conv's output."""
         key = ("inverse", x.sites)
         if key not in rec:
-            entry = rec["strided"]
+            entry = rec["out"]
             inverse = entry.kmap.transposed()
             if x.sites != entry.out_sites:
                 subset = subset_chain(x.kmaps, x.sites, entry.out_sites)
@@ -208,6 +219,27 @@ class SparseInverseConv3d(_SparseConv):
                     conv.bias is not None, conv.weight.device, conv.weight.dtype)
         layer.expected_geometry = (tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
         return _copy_weights(layer, conv.weight.permute(2, 3, 4, 0, 1), conv.bias)
+
+
+class SparseConvTranspose3d(_SparseConv):
+    """Transposed sparse convolution: output sites = every cell of F.conv_transpose3d's output grid (output_padding
+    0) that an active input reaches; values equal F.conv_transpose3d there (weight[k] = the dense weight[:, :, k]).
+    Unlike SparseInverseConv3d, which restores a strided conv's input sites, it makes new sites (a dilation of the
+    input's). The output's stride is the input's divided by this stride (at least 1)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
+                 indice_key=None, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias, indice_key,
+                         device, dtype)
+
+    def forward(self, x):
+        self._check_input(x)
+        entry = transposed_map(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        self._record(x, ("transposed", self.kernel_size, self.stride, self.padding, self.dilation), entry)
+        out = self._apply_map(x, entry.kmap)
+        stride = tuple(max(1, a // b) for a, b in zip(x.stride, self.stride))
+        return SparseTensor._derived(out, entry.out_coords, entry.out_shape, x.batch_size, stride, x.kmaps,
+                                     entry.out_sites)
 
 
 def _check_dense(conv, kind, name):

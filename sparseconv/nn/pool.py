@@ -1,6 +1,8 @@
 """Sparse pooling. Output sites follow SparseConv3d's rule (every window with at least one active input), so a
 pooling layer and a strided conv of the same geometry share one cached map.
 
+With an indice_key, a SparseInverseConv3d with that key restores the pooling layer's input sites (spconv's rule).
+
 Both poolings reduce over the ACTIVE inputs of a window: max equals F.max_pool3d on the densified input wherever
 the window's active values are not all negative (inactive sites would count as zeros there); average is the
 mean of the active inputs (F.avg_pool3d would divide by the window size).
@@ -9,27 +11,32 @@ import torch
 from torch import nn
 
 from .. import ops
-from .._args import triple
+from .._args import optional_str, triple
 from ..kmap import strided_map
 from ..tensor import SparseTensor
+from .conv import record_indice_key
 
 
 class _SparsePool(nn.Module):
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, indice_key=None):
         super().__init__()
         self.kernel_size = triple(kernel_size, "kernel_size", 1, 15)
         self.stride = triple(self.kernel_size if stride is None else stride, "stride", 1)
         self.padding = triple(padding, "padding", 0)
         self.dilation = triple(dilation, "dilation", 1)
+        self.indice_key = optional_str(indice_key, "indice_key")
 
     def extra_repr(self):
+        key = "" if self.indice_key is None else f", indice_key={self.indice_key!r}"
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, " \
-               f"dilation={self.dilation}"
+               f"dilation={self.dilation}{key}"
 
     def forward(self, x):
         if not isinstance(x, SparseTensor):
             raise TypeError(f"input: expected a SparseTensor, got {type(x).__name__}")
         entry = strided_map(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        geometry = ("strided", self.kernel_size, self.stride, self.padding, self.dilation)
+        record_indice_key(x, self.indice_key, geometry, type(self).__name__, entry)
         out = self._pool(x.feats, entry.kmap.nbr, entry.kmap.nbr_t)
         stride = tuple(a * b for a, b in zip(x.stride, self.stride))
         return SparseTensor._derived(out, entry.out_coords, entry.out_shape, x.batch_size, stride, x.kmaps,
