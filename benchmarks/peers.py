@@ -196,6 +196,88 @@ def weight_to_spconv(weight: torch.Tensor, spconv_weight_shape: Sequence[int]) -
     return w.contiguous()
 
 
+def spconv_indice_data(conv, indices: torch.Tensor, spatial_shape: Sequence[int], batch_size: int, geometry=None):
+    """spconv's own kernel-map generation for layer `conv`, as its forward runs it on a fresh tensor (training mode:
+    a strided map includes the backward pairs an inverse conv needs). Follows the layer's algorithm: Native (the CPU
+    wheel, or kernels > 32 offsets) or implicit GEMM (CUDA's default).
+
+    geometry: (kernel_size, stride, padding, subm) to build another layer's map (an inverse conv's strided conv);
+    default the layer's own. Returns (out_indices, IndiceData or ImplicitGemmIndiceData, out_spatial_shape).
+    """
+    from spconv.core import ConvAlgo
+    from spconv.pytorch import ops
+    from spconv.pytorch.core import ImplicitGemmIndiceData, IndiceData
+
+    ksize, stride, padding, subm = geometry or (list(conv.kernel_size), list(conv.stride), list(conv.padding),
+                                                conv.subm)
+    ksize, stride, padding, dil = list(ksize), list(stride), list(padding), list(conv.dilation)
+    out_padding = [0] * len(ksize)
+    ss = list(spatial_shape)
+    out_ss = ss if subm else ops.get_conv_output_size(ss, ksize, stride, padding, dil)
+    indices = indices.to(torch.int32).contiguous()
+    common = dict(is_subm=subm, algo=conv.algo, ksize=ksize, stride=stride, padding=padding, dilation=dil)
+    if conv.algo == ConvAlgo.Native:
+        outids, pairs, pair_num = ops.get_indice_pairs(indices, int(batch_size), ss, conv.algo, ksize, stride,
+                                                       padding, dil, out_padding, subm, False)
+        return outids, IndiceData(outids, indices, pairs, pair_num, ss, out_ss, **common), out_ss
+    r = ops.get_indice_pairs_implicit_gemm(indices, int(batch_size), ss, conv.algo, ksize=ksize, stride=stride,
+                                           padding=padding, dilation=dil, out_padding=out_padding, subm=subm,
+                                           transpose=False, is_train=True)
+    data = ImplicitGemmIndiceData(r[0], indices, r[2], r[3], pair_mask_fwd_splits=r[4], pair_mask_bwd_splits=r[5],
+                                  mask_argsort_fwd_splits=r[6], mask_argsort_bwd_splits=r[7], masks=r[8],
+                                  spatial_shape=ss, out_spatial_shape=out_ss, **common)
+    return r[0], data, out_ss
+
+
+def spconv_cached_conv(conv, features: torch.Tensor, data) -> torch.Tensor:
+    """Output features of spconv layer `conv` on a kernel map `data` built before (spconv_indice_data): what
+    SparseConvolution._conv_forward runs after its map branch. Its strided layers rebuild their map on every call
+    (they reuse only submanifold maps), so a "map cached" forward of SparseConv3d needs this call; training mode
+    (bias added after the product, as spconv does while training)."""
+    from spconv.core import ConvAlgo
+    from spconv.pytorch import functional as Fsp
+    from spconv.tools import CUDAKernelTimer
+
+    timer = CUDAKernelTimer(False)
+    w, bias = conv.weight, conv.bias
+    b_infer = None if conv.training else bias
+    n_out = (data.indices if conv.inverse else data.out_indices).shape[0]
+    features = features.contiguous()
+    if data.algo == ConvAlgo.Native:
+        fn = Fsp.indice_subm_conv if conv.subm else (Fsp.indice_inverse_conv if conv.inverse else Fsp.indice_conv)
+        out = fn(features, w, data.indice_pairs, data.indice_pair_num, n_out, data.algo, timer, b_infer)
+    else:
+        d, inv = data, conv.inverse  # an inverse conv runs its strided conv's pairs the other way round
+        out = Fsp.implicit_gemm(
+            features, w, d.pair_bwd if inv else d.pair_fwd, d.pair_fwd if inv else d.pair_bwd,
+            d.pair_mask_bwd_splits if inv else d.pair_mask_fwd_splits,
+            d.pair_mask_fwd_splits if inv else d.pair_mask_bwd_splits,
+            d.mask_argsort_bwd_splits if inv else d.mask_argsort_fwd_splits,
+            d.mask_argsort_fwd_splits if inv else d.mask_argsort_bwd_splits,
+            n_out, d.masks, conv.training, conv.subm, timer, conv.fp32_accum, b_infer)
+    if conv.training and bias is not None:
+        out = out + bias
+    return out
+
+
+def spconv_pair_count(data) -> int:
+    """(input, output) pairs of a kernel map from spconv_indice_data, all K offsets.
+
+    Native submanifold maps store the counts of the offsets before the centre only (the others are their mirror
+    images, k <-> K-1-k) and leave the centre (every site with itself) implicit; implicit-GEMM maps hold a
+    [K, N_out] table, -1 where there is no input.
+    """
+    if not hasattr(data, "indice_pair_num"):
+        return int((data.pair_fwd >= 0).sum())
+    num = data.indice_pair_num.tolist()
+    kv = len(num)
+    c = kv // 2
+    n_out = int(data.out_indices.shape[0])
+    if data.is_subm and kv % 2 == 1 and not any(num[c:]):
+        return 2 * sum(num[:c]) + n_out
+    return sum(num)
+
+
 class SpconvSubM:
     """spconv SubMConv3d with our weights, for timing and comparing.
 
@@ -250,56 +332,14 @@ class SpconvSubM:
 
         Returns an ``indice_dict`` that :meth:`tensor` accepts, so a forward then skips the map build.
         """
-        from spconv.core import ConvAlgo
-        from spconv.pytorch.core import IndiceData
-
-        c = self.conv
-        indices = coords.to(torch.int32).contiguous()
-        ss = list(spatial_shape)
-        outids, pairs, pair_num = self.spconv.ops.get_indice_pairs(
-            indices,
-            int(batch_size),
-            ss,
-            ConvAlgo.Native,
-            list(c.kernel_size),
-            list(c.stride),
-            list(c.padding),
-            list(c.dilation),
-            list(c.output_padding),
-            True,
-            False,
-        )
-        data = IndiceData(
-            outids,
-            indices,
-            pairs,
-            pair_num,
-            ss,
-            ss,
-            is_subm=True,
-            algo=ConvAlgo.Native,
-            ksize=list(c.kernel_size),
-            stride=list(c.stride),
-            padding=list(c.padding),
-            dilation=list(c.dilation),
-        )
+        _, data, _ = spconv_indice_data(self.conv, coords, spatial_shape, batch_size)
         return {self.indice_key: data}
 
     @staticmethod
     def pair_count(indice_dict: dict) -> int:
-        """Number of (input, output) pairs in a kernel map built by :meth:`build_map` (all K offsets).
-
-        For a submanifold map spconv stores the counts of the offsets before the centre only (the others are
-        their mirror images, k <-> K-1-k) and leaves the centre (every site with itself) implicit.
-        """
+        """Number of (input, output) pairs in a kernel map built by :meth:`build_map` (all K offsets)."""
         (data,) = indice_dict.values()
-        num = data.indice_pair_num.tolist()
-        kv = len(num)
-        c = kv // 2
-        n_out = int(data.out_indices.shape[0])
-        if data.is_subm and kv % 2 == 1 and not any(num[c:]):
-            return 2 * sum(num[:c]) + n_out
-        return sum(num)
+        return spconv_pair_count(data)
 
 
 def spconv_subm_conv3d(
