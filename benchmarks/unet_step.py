@@ -95,10 +95,16 @@ def scene(voxels, seed, cin, classes):
 
     points = lidar_scene(voxels, voxel_size=0.1, seed=seed)[0]
     coords, shape, _ = bc.voxelize_scene(points, 0.1)
+    feats, labels = scene_features(coords.shape[0], seed, cin, classes)
+    return feats, coords, list(shape), labels
+
+
+def scene_features(n, seed, cin, classes):
+    """Random input features [n, cin] and labels [n] (seeded)."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
-    n = coords.shape[0]
-    return (torch.randn(n, cin, generator=g), coords, list(shape),
-            torch.randint(0, classes, (n,), generator=g))
+    return torch.randn(n, cin, generator=g), torch.randint(0, classes, (n,), generator=g)
 
 
 def load_lib(name):
@@ -189,6 +195,75 @@ def write_outputs(rows, facts, args):
     return [f"{stem}.csv", f"{stem}.png"]
 
 
+def measure(args, log=print, coords=None, shape=None):
+    """Both libraries' training steps on one scene (made here unless coords / shape are given): (rows, facts).
+
+    args: device, voxels, dtype, cin, classes, repeats, warmup, seed (as main's). A row: lib, device, dtype and
+    step_ms, peak_mib, first_loss, voxels, ratio (ours / spconv), or error.
+    """
+    import tempfile
+
+    import torch
+
+    import peers
+    facts = bc.machine_facts()
+    if args.device == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(0)
+    spconv_ok = peers.load_spconv() is not None
+    log(f"machine: {facts['cpu']}, {facts['cores']} cores; {facts.get('gpu', 'no GPU')}; torch {torch.__version__}; "
+        f"spconv {peers.spconv_version() if spconv_ok else 'not importable: ' + str(peers.spconv_error())}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if coords is None:
+            feats, coords, shape, labels = scene(args.voxels, args.seed, args.cin, args.classes)
+        else:
+            feats, labels = scene_features(coords.shape[0], args.seed, args.cin, args.classes)
+        data, weights = os.path.join(tmp, "scene.pt"), os.path.join(tmp, "weights.pt")
+        torch.save({"feats": feats, "coords": coords, "shape": list(shape), "labels": labels}, data)
+        # The initial weights: spconv's own initialisation when it imports (ours reproduces it for a seed anyway).
+        import sparseconv.spconv.pytorch as ours
+        torch.manual_seed(args.seed)
+        torch.save(build_unet(peers.load_spconv() if spconv_ok else ours, args.cin, args.classes).state_dict(),
+                   weights)
+        log(f"scene: {coords.shape[0]} voxels, grid {list(shape)}; U-Net widths {WIDTHS}; {args.dtype}; "
+            f"{args.repeats} steps after {args.warmup} warm-up, medians")
+        rows = []
+        for lib in LIBS:
+            if lib == "spconv" and not spconv_ok:
+                rows.append({"lib": lib, "error": peers.spconv_error()})
+                continue
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--lib", lib, "--data", data, "--weights", weights,
+                   "--device", args.device, "--dtype", args.dtype, "--classes", str(args.classes),
+                   "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=getattr(args, "timeout", None))
+            except subprocess.TimeoutExpired:
+                rows.append({"lib": lib, "error": f"timed out after {args.timeout:.0f} s"})
+                continue
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                rows.append({"lib": lib, "error": f"rc {proc.returncode}: {proc.stderr.strip()[-400:]}"})
+                continue
+            rows.append(json.loads(lines[-1]))
+    ref = next((r for r in rows if r["lib"] == "spconv" and "step_ms" in r), None)
+    for r in rows:
+        r.update(device=args.device, dtype=args.dtype)
+        if "step_ms" in r and ref is not None:
+            r["ratio"] = round(r["step_ms"] / ref["step_ms"], 3) if r["lib"] == "sparseconv" else 1.0
+    return rows, facts
+
+
+def table(rows):
+    """The markdown table of measure()'s rows."""
+    out = ["| library | voxels | step (ms) | peak memory (MiB) | ours / spconv | first loss |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "step_ms" not in r:
+            out.append(f"| {r['lib']} | - | unavailable: {r['error']} | | | |")
+            continue
+        out.append(f"| {r['lib']} | {r['voxels']} | {r['step_ms']:.1f} | {r['peak_mib']:.0f} | "
+                   f"{r.get('ratio', 'n/a')} | {r['first_loss']:.6f} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -209,56 +284,13 @@ def main(argv=None):
     if args.lib:
         return run_child(args)
 
-    import tempfile
-
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("unet_step: --device cuda, but torch sees no CUDA device; nothing measured")
         return 0
-    import peers
-    facts = bc.machine_facts()
-    if args.device == "cuda":
-        facts["gpu"] = torch.cuda.get_device_name(0)
-    spconv_ok = peers.load_spconv() is not None
-    print(f"machine: {facts['cpu']}, {facts['cores']} cores; {facts.get('gpu', 'no GPU')}; torch {torch.__version__}; "
-          f"spconv {peers.spconv_version() if spconv_ok else 'not importable: ' + str(peers.spconv_error())}")
-    with tempfile.TemporaryDirectory() as tmp:
-        feats, coords, shape, labels = scene(args.voxels, args.seed, args.cin, args.classes)
-        data, weights = os.path.join(tmp, "scene.pt"), os.path.join(tmp, "weights.pt")
-        torch.save({"feats": feats, "coords": coords, "shape": shape, "labels": labels}, data)
-        # The initial weights: spconv's own initialisation when it imports (ours reproduces it for a seed anyway).
-        import sparseconv.spconv.pytorch as ours
-        torch.manual_seed(args.seed)
-        torch.save(build_unet(peers.load_spconv() if spconv_ok else ours, args.cin, args.classes).state_dict(),
-                   weights)
-        print(f"scene: {coords.shape[0]} voxels, grid {shape}; U-Net widths {WIDTHS}; {args.dtype}; "
-              f"{args.repeats} steps after {args.warmup} warm-up, medians")
-        rows = []
-        for lib in LIBS:
-            if lib == "spconv" and not spconv_ok:
-                rows.append({"lib": lib, "error": peers.spconv_error()})
-                continue
-            cmd = [sys.executable, __file__, "--lib", lib, "--data", data, "--weights", weights,
-                   "--device", args.device, "--dtype", args.dtype, "--classes", str(args.classes),
-                   "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-            if proc.returncode != 0 or not lines:
-                rows.append({"lib": lib, "error": f"rc {proc.returncode}: {proc.stderr.strip()[-400:]}"})
-                continue
-            rows.append(json.loads(lines[-1]))
-    ref = next((r for r in rows if r["lib"] == "spconv" and "step_ms" in r), None)
-    print(f"\n| library | voxels | step (ms) | peak memory (MiB) | ours / spconv | first loss |\n|---|---|---|---|---|---|")
-    for r in rows:
-        r.update(device=args.device, dtype=args.dtype)
-        if "step_ms" not in r:
-            print(f"| {r['lib']} | - | unavailable: {r['error']} | | | |")
-            continue
-        if ref is not None:
-            r["ratio"] = round(r["step_ms"] / ref["step_ms"], 3) if r["lib"] == "sparseconv" else 1.0
-        print(f"| {r['lib']} | {r['voxels']} | {r['step_ms']:.1f} | {r['peak_mib']:.0f} | "
-              f"{r.get('ratio', 'n/a')} | {r['first_loss']:.6f} |")
+    rows, facts = measure(args, log=print)
+    print("\n" + table(rows))
     print("wrote " + ", ".join(write_outputs(rows, facts, args)))
     return 0
 
