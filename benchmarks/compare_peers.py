@@ -1,48 +1,55 @@
 #!/usr/bin/env python
-"""Side by side: sparseconv against the peer libraries that are importable, on the same scenes and weights.
+"""sparseconv against its peers on the same scenes, weights and inputs, on CPU or CUDA: issue 15's table.
 
-Every configuration is one LiDAR-like scene (``sparseconv.data.lidar_scene(N, voxel_size=0.1, seed)``,
-voxelized with ``sparseconv.voxelize``) and one SubMConv3d 3x3x3 layer C -> C with bias (float32); all
-libraries get the same voxels, features, weights, bias and output gradient. Measured per library:
+A configuration is a layer kind x scene size x C x dtype. Kinds (3x3x3, C -> C, with bias; conv_runners.py):
+``subm`` SubMConv3d, ``strided`` SparseConv3d stride 2 padding 1, ``inverse`` SparseInverseConv3d undoing that
+strided conv (input: its output sites). Scenes: ``sparseconv.data.lidar_scene(N, voxel_size=0.1, seed)``,
+voxelized. Every library gets the same voxels, weights (converted to its layout), input features and output
+gradient (generated per site, so a library that orders new sites its own way gets the same values at the same
+sites). Measured per library:
 
-* kernel map build (sparseconv: ``torch.ops.sparseconv.build_subm_map``; spconv: its indice-pair generation;
-  Open3D: the fixed-radius neighbour search that ``SparseConv.forward`` runs),
-* forward with the kernel map cached, and forward + backward (input, weight and bias gradients), map cached,
-* peak RSS growth of a fresh child process (one per library per configuration per round) over its imports
-  and the scene's tensors, the largest of the rounds (on CUDA also the peak of torch's allocator),
-* the largest absolute difference between its output / gradients and sparseconv's (first round),
-* ratios: its time (memory) divided by sparseconv's, so > 1 means slower (larger) than sparseconv.
+* kernel map build (sparseconv: ``build_subm_map``, or ``build_strided_map`` + ``invert_map`` for strided and
+  inverse; spconv: its own pair generation for the layer, with its algorithm: Native on the CPU wheel, implicit
+  GEMM on CUDA; Open3D: its fixed-radius search),
+* forward with the map cached, and forward + backward (input, weight and bias gradients), map cached,
+* peak memory: on CUDA the peak of torch's allocator from the layer's construction to the end of the timed
+  phases, over what was allocated before (the scene's coordinates); on the CPU the peak RSS growth of a fresh
+  child process over its imports and the scene (the largest of the rounds),
+* the difference to a float32 reference computed with sparseconv from the same (rounded) inputs: for float32
+  spconv's max abs difference to sparseconv; for fp16 / bf16 each library's max abs error relative to the
+  reference's largest magnitude (out / d feats / d weight),
+* ratios ours / peer (< 1: sparseconv is faster or smaller) and PASS / MISS against issue 15's targets: forward
+  and forward + backward <= 0.8x spconv, map build and peak memory <= 1x; subm, 1M voxels, C = 64, fp16 forward +
+  backward <= 1.5 ms.
 
-Libraries:
+Then the whole-network row: ``unet_step.py``'s 4-level U-Net training step (spconv's layers against
+``sparseconv.spconv.pytorch``; fp16 autocast on CUDA), skipped with --no-unet.
 
-* sparseconv (this repository);
-* spconv 2.3.8 (CPU wheel), through ``benchmarks/peers.py``: timed as shipped; its CPU scatter-add races with
-  several OpenMP threads, so its outputs for the difference come from an untimed run with a serial scatter-add
-  (exact), as in ``bench_conv.py``;
-* Open3D (``open3d.ml.torch.layers.SparseConv``; ``pip install open3d-cpu==0.20.0``, whose wheel is built
-  against torch 2.13.0+cpu, and Debian's libusb-1.0-0 for ``import open3d``). Positions are voxel centres
-  ``(coords + 0.5) * voxel_size`` in metres, its kernel is ``[k, k, k, Cin, Cout]`` indexed (z, y, x), i.e.
-  sparseconv's weight with axes 0 and 2 swapped (checked by the max-abs-diff column). "Map cached" calls
-  ``open3d.ml.torch.ops.continuous_conv`` with the neighbour lists of one search, as the layer does after its
-  search; the outputs compared are the layer's own (search included). Its CPU kernels run on TBB, which
-  ``torch.set_num_threads`` does not limit: by default every library gets all cores;
-* MinkowskiEngine: measured if it were importable (it has no wheel for this torch); reported as unavailable.
+Libraries: sparseconv; spconv 2.3.8 (``benchmarks/peers.py``; on the CPU wheel its multi-threaded scatter-add
+races, so its compared outputs come from an untimed run with a serial scatter-add, and the race is reported);
+Open3D (``pip install open3d-cpu==0.20.0`` + Debian's libusb-1.0-0; CPU, subm, float32 only); MinkowskiEngine is
+reported as unavailable (no wheel for torch 2.x). A library that cannot be imported is reported, never fatal;
+without spconv sparseconv runs alone (ratios n/a).
 
-A library that cannot be imported is reported with the reason, never fatal. Each configuration runs
-``--rounds`` rounds, the library order reversed every round (so that a phase of load from elsewhere on the VM
-does not fall on one library only); every child times ``--repeats`` runs after ``--warmup`` runs, and times
-are medians over all rounds x repeats. Prints the machine facts and a markdown table; writes
-``results/compare_peers[_quick].{csv,png,md}`` atomically (temporary file + os.replace).
+Timing: each child process times --repeats calls per phase after --warmup calls (CUDA: CUDA events around each
+call; CPU: perf_counter), over --rounds rounds with the library order reversed every round; times are medians
+over all rounds x repeats. On CUDA one child per library per scene runs all its configurations (TF32 off unless
+--allow-tf32, which sets torch's matmul TF32 flag and spconv's SPCONV_ALLOW_TF32 for both); on the CPU one child
+per library per configuration (clean RSS). Prints the machine facts and the table; writes
+``results/compare_peers[_quick]_<device>.{md,csv,png}`` atomically (temporary file + os.replace).
 
-    python benchmarks/compare_peers.py --quick      # C = 32, 50k voxels, < 2 min
-    python benchmarks/compare_peers.py              # C = 16, 32, 64 x 50k / 200k / 800k voxels, < 25 min
-    python benchmarks/compare_peers.py --device cuda    # on CUDA, where torch has it (else says so, exit 0)
+    python benchmarks/compare_peers.py --quick                  # CPU: 3 kinds at 50k voxels, C = 32, < 3 min
+    python benchmarks/compare_peers.py --device cuda --quick    # subm/strided/inverse 1M C=64 fp16 + U-Net, < 2 min
+    python benchmarks/compare_peers.py --device cuda            # issue 15's table: 3 kinds x 200k/1M x C 32/64 x
+                                                                # fp16/bf16/fp32, + U-Net (about 5 min on an H200)
+Without CUDA (--device cuda) it says why and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import io
 import json
 import os
@@ -54,25 +61,22 @@ from pathlib import Path
 from statistics import median
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # bench_conv.py, peers.py
+sys.path.insert(0, str(HERE))  # bench_conv.py, peers.py, conv_runners.py, unet_step.py
 
-import bench_conv as bc  # machine facts, timing, RSS, scene helpers, sparseconv and spconv adapters
+import bench_conv as bc  # noqa: E402  (machine facts, RSS, load, scene voxelization)
 
 LIBS = ("sparseconv", "spconv", "open3d", "minkowskiengine")
-LABEL = {
-    "sparseconv": "sparseconv",
-    "spconv": "spconv",
-    "open3d": "Open3D",
-    "minkowskiengine": "MinkowskiEngine",
-}
-PHASES = [
-    ("map", "kernel map build"),
-    ("fwd", "forward, map cached"),
-    ("fwdbwd", "forward+backward, map cached"),
-]
+LABEL = {"sparseconv": "sparseconv", "spconv": "spconv", "open3d": "Open3D", "minkowskiengine": "MinkowskiEngine"}
+KINDS = ("subm", "strided", "inverse")
+DTYPES = ("fp16", "bf16", "fp32")
+PHASES = [("map", "map build"), ("fwd", "forward"), ("fwdbwd", "forward + backward")]
+MEASURES = PHASES + [("mem", "peak memory")]
+TARGET = {"map": 1.0, "fwd": 0.8, "fwdbwd": 0.8, "mem": 1.0}  # ours / spconv at most (issue 15)
+FLAGSHIP = {"kind": "subm", "voxels": 1_000_000, "C": 64, "dtype": "fp16", "fwdbwd_ms": 1.5}
+UNET_TARGET = 0.8
 DIFF_KEYS = ("out", "grad_feats", "grad_weight", "grad_bias")
 INSTALL_HINT = {
-    "spconv": "pip install spconv==2.3.8",
+    "spconv": "pip install spconv==2.3.8 (CPU) or spconv-cu126 (CUDA)",
     "open3d": "pip install open3d-cpu==0.20.0; apt-get install libusb-1.0-0",
     "minkowskiengine": "no wheel for torch 2.x; build from source",
 }
@@ -86,108 +90,191 @@ PROBES = {
 }
 
 
+def torch_dtype(name):
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def supports(lib: str, cfg: dict, device: str) -> bool:
+    """Open3D is compared on SubMConv3d in float32 on the CPU only."""
+    return lib != "open3d" or (cfg["kind"] == "subm" and cfg["dtype"] == "fp32" and device == "cpu")
+
+
+def set_tf32(allow: bool) -> dict:
+    """TF32 for float32 products, for both libraries: torch's matmul flag and spconv's own switch."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    out = {"torch.backends.cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+    try:
+        import spconv.constants as spc
+
+        spc.SPCONV_ALLOW_TF32 = allow  # read at call time by spconv.pytorch.ops
+        out["spconv SPCONV_ALLOW_TF32"] = allow
+    except ImportError:
+        pass
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------------
-# Open3D adapter (child); sparseconv and spconv use bench_conv's runners
+# child: one library, one or more configurations of one scene
 # ------------------------------------------------------------------------------------------------------------
 
 
-class Open3DRunner:
-    """open3d.ml.torch SparseConv with our weights, the same interface as bench_conv's runners.
+def make_inputs(cfg: dict, n_in: int, n_out: int, seed: int):
+    """Weight [3, 3, 3, C, C], bias, features [n_in, C] and output gradient [n_out, C] in canonical (site-sorted)
+    order, float32 rounded to the configuration's dtype (so the float32 reference sees the very same values)."""
+    import torch
 
-    A "tensor" here is (feats, cached): cached=True runs continuous_conv on the stored neighbour lists (what
-    SparseConv.forward does after its search), cached=False calls the layer (search included).
-    """
+    c, dt = cfg["C"], torch_dtype(cfg["dtype"])
+    g = torch.Generator().manual_seed(seed * 1000 + c * 10 + KINDS.index(cfg["kind"]))
+    weight = torch.randn(3, 3, 3, c, c, generator=g) / (27 * c) ** 0.5
+    bias = torch.randn(c, generator=g) * 0.1
+    feats = torch.randn(n_in, c, generator=g)
+    grad_out = torch.randn(n_out, c, generator=g)
+    return [t.to(dt).float() for t in (weight, bias, feats, grad_out)]
 
-    name = "open3d"
 
-    def __init__(self, d, device="cpu"):
-        import open3d
-        import open3d.ml.torch as ml3d
+def timed(fn, setup, repeats: int, warmup: int, cuda: bool, cap: float) -> list:
+    """Seconds of `repeats` calls fn(setup()) after `warmup` ones (setup untimed); CUDA events around each call
+    on CUDA. Stops early once the timed calls pass `cap` seconds (at least one is timed)."""
+    import torch
+
+    for _ in range(warmup):
+        fn(setup())
+    if cuda:
+        torch.cuda.synchronize()
+    out, t_start = [], time.perf_counter()
+    for _ in range(repeats):
+        arg = setup()
+        if cuda:
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            fn(arg)
+            e1.record()
+            e1.synchronize()
+            out.append(e0.elapsed_time(e1) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn(arg)
+            out.append(time.perf_counter() - t0)
+        if time.perf_counter() - t_start > cap:
+            break
+    return out
+
+
+def measure_config(lib: str, cfg: dict, scene: dict, args, dev, outputs: bool) -> dict:
+    """One configuration in this child: timings, memory and (if `outputs`) the difference to the reference."""
+    import torch
+
+    import conv_runners as cr
+
+    cuda = dev.type == "cuda"
+    gc.collect()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        gpu_start = torch.cuda.memory_allocated()
+    reset = bc.reset_peak_rss()
+    rss_start = bc.rss_now_mib()
+    dt = torch_dtype(cfg["dtype"])
+    w32, b32, _, _ = make_inputs(cfg, 0, 0, args.seed)
+    d = dict(scene, weight=w32.to(dev, dt), bias=b32.to(dev, dt))
+    runner = cr.RUNNERS[lib](cfg["kind"], d, dev)
+    _, _, f32, g32 = make_inputs(cfg, len(runner.in_order), len(runner.out_order), args.seed)
+    feats = cr.to_native(f32, runner.in_order.cpu()).to(dev, dt)
+    grad_out = cr.to_native(g32, runner.out_order.cpu()).to(dev, dt)
+    res = {"lib": lib, **cfg, "info": runner.info(), "in_sites": runner.in_sites, "out_sites": runner.out_sites}
+
+    def leaf():
+        runner.zero_grad()
+        return runner.with_cache(feats.detach().requires_grad_(True))
+
+    def fwdbwd(x):
+        runner.forward(x).backward(grad_out)
+
+    T = dict(repeats=args.repeats, warmup=args.warmup, cuda=cuda, cap=args.phase_cap)
+    res["times"] = {"map": timed(runner.build_map, lambda: None, **T)}
+    with torch.no_grad():
+        res["times"]["fwd"] = timed(runner.forward, lambda: runner.with_cache(feats), **T)
+    res["times"]["fwdbwd"] = timed(fwdbwd, leaf, **T)
+    if cuda:
+        torch.cuda.synchronize()
+        res["gpu_peak_mib"] = (torch.cuda.max_memory_allocated() - gpu_start) / 2**20
+    res.update(rss_start_mib=rss_start, rss_peak_mib=bc.rss_peak_mib(), rss_peak_is_reset=reset)
+    res["pairs"] = runner.pairs()
+    if lib == "spconv" and not cuda:
+        res["omp_threads"] = runner.peers.omp_threads()
+    if outputs:
+        res.update(output_check(lib, runner, cfg, scene, d, feats, grad_out, (w32, b32, f32, g32), dev))
+    del runner
+    return res
+
+
+def run_outputs(runner, feats, grad_out):
+    """Output, input / weight / bias gradients of one forward + backward, canonical row order, float32, CPU."""
+    import torch
+
+    x = feats.detach().requires_grad_(True)
+    runner.zero_grad()
+    out = runner.forward(runner.with_cache(x))
+    out.backward(grad_out)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    io_, oo = runner.in_order.to(x.device), runner.out_order.to(x.device)
+    return {"out": out.detach()[oo].float().cpu(), "grad_feats": x.grad[io_].float().cpu(),
+            "grad_weight": runner.weight_grad().detach().float().cpu(), "grad_bias": runner.bias_grad().float().cpu()}
+
+
+def output_check(lib, runner, cfg, scene, d, feats, grad_out, inputs32, dev) -> dict:
+    """Errors against the float32 reference (sparseconv on the same device, same rounded inputs)."""
+    import contextlib
+
+    import conv_runners as cr
+
+    res = {}
+    spconv_cpu = lib == "spconv" and dev.type == "cpu"
+    serial = runner.peers.serial_scatter() if spconv_cpu else contextlib.nullcontext()
+    with serial:  # spconv's CPU scatter-add races: compare its exact (serial) result
+        mine = run_outputs(runner, feats, grad_out)
+    if spconv_cpu:
+        res["race_max_abs_diff"] = diff(run_outputs(runner, feats, grad_out), mine)
+    if lib == "sparseconv" and cfg["dtype"] == "fp32":
+        ref = mine
+    else:
+        try:
+            w32, b32, f32, g32 = inputs32
+            ref_runner = cr.SparseconvRunner(cfg["kind"], dict(scene, weight=w32.to(dev), bias=b32.to(dev)), dev)
+            ref = run_outputs(ref_runner, cr.to_native(f32, ref_runner.in_order.cpu()).to(dev),
+                              cr.to_native(g32, ref_runner.out_order.cpu()).to(dev))
+            del ref_runner
+        except Exception as e:  # noqa: BLE001 - sparseconv missing or failing: no reference
+            return {"ref_error": f"{type(e).__name__}: {e}"[:300]}
+    res["err_abs"] = diff(mine, ref)
+    res["ref_max"] = {k: float(v.abs().max()) if v.numel() else 0.0 for k, v in ref.items()}
+    if lib == "open3d":  # the timed path (cached neighbour lists) against the layer's own call
         import torch
 
-        self.torch, self.o3d, self.ops = torch, open3d, ml3d.ops
-        self.d = d
-        cin, cout = d["weight"].shape[3], d["weight"].shape[4]
-        self.vs = float(d["voxel_size"])
-        self.layer = ml3d.layers.SparseConv(cin, cout, [3, 3, 3], use_bias=True).to(device)
         with torch.no_grad():
-            self.layer.kernel.copy_(d["weight"].permute(2, 1, 0, 3, 4))  # ours (x, y, z) -> its (z, y, x)
-            self.layer.bias.copy_(d["bias"])
-        # voxel centres in metres, computed in float64 then rounded once
-        self.pos = ((d["coords"][:, 1:].double() + 0.5) * self.vs).float().contiguous()
-        self.extents = torch.full([1, 1], self.vs * 3, dtype=torch.float32)
-        self.empty = torch.empty((0,), dtype=torch.float32, device=self.pos.device)
-        self.nns = self.build_map()
-
-    def info(self):
-        return {"version": self.o3d.__version__}
-
-    def tensor(self, feats):
-        return (feats, False)
-
-    def with_cache(self, feats):
-        return (feats, True)
-
-    def build_map(self, _=None):
-        """The search SparseConv.forward runs (same radius and hash-table size)."""
-        L = self.layer
-        return L.fixed_radius_search(
-            self.pos,
-            queries=self.pos - L.offset * self.vs,
-            radius=L.kernel_size[0] * self.vs * 0.51,
-            hash_table_size_factor=1 / 64,
-        )
-
-    def pairs(self) -> int:
-        return int(self.nns.neighbors_index.shape[0])
-
-    def forward(self, x):
-        feats, cached = x
-        L = self.layer
-        if not cached:
-            return L(feats, self.pos, self.pos, self.vs)
-        out = self.ops.continuous_conv(
-            filters=L.kernel,
-            out_positions=self.pos,
-            extents=self.extents,
-            offset=L.offset,
-            inp_positions=self.pos,
-            inp_features=feats,
-            inp_importance=self.empty,
-            neighbors_index=self.nns.neighbors_index,
-            neighbors_importance=self.empty,
-            neighbors_row_splits=self.nns.neighbors_row_splits,
-            align_corners=False,
-            coordinate_mapping="identity",
-            interpolation="nearest_neighbor",
-            normalize=False,
-            allow_tf32=False,
-        )
-        return out + L.bias
-
-    def weight_grad(self):
-        return self.layer.kernel.grad.permute(2, 1, 0, 3, 4)  # its (z, y, x) -> ours
-
-    def bias_grad(self):
-        return self.layer.bias.grad
-
-    def zero_grad(self):
-        self.layer.kernel.grad = None
-        self.layer.bias.grad = None
+            lay = runner.layer_output(feats).cpu()
+        res["cached_vs_layer_max_abs_diff_out"] = float((lay[runner.out_order] - mine["out"]).abs().max())
+    return res
 
 
-RUNNERS = {"sparseconv": bc.SparseconvRunner, "spconv": bc.SpconvRunner, "open3d": Open3DRunner}
+def diff(a: dict, b: dict) -> dict:
+    return {k: float((a[k] - b[k]).abs().max()) if a[k].numel() and a[k].shape == b[k].shape
+            else (0.0 if a[k].shape == b[k].shape else float("inf")) for k in a}
 
 
 def run_child(args) -> None:
-    """One library on one configuration: timings, memory, outputs (round 0) -> --result / --out-tensors."""
-    import gc
-
+    """--only LIB --job FILE: measure the job's configurations; the results list is rewritten after each one."""
     import torch
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    cuda = dev.type == "cuda"
     if args.only == "spconv":  # import the library before the memory baseline
         import peers
 
@@ -196,82 +283,29 @@ def run_child(args) -> None:
         import open3d.ml.torch  # noqa: F401
     else:
         import sparseconv.nn  # noqa: F401
-    d = torch.load(args.data)
-    d = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in d.items()}
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    gc.collect()
-    if cuda:
-        sync()
-        torch.cuda.reset_peak_memory_stats()
-        gpu_start = torch.cuda.memory_allocated()
-    reset = bc.reset_peak_rss()
-    rss_start = bc.rss_now_mib()
-    runner = RUNNERS[args.only](d, device=dev)
-    feats, grad_out = d["feats"], d["grad_out"]
-    R, W = args.repeats, args.warmup
-
-    def timed(fn, setup=None):
-        """--warmup untimed calls, then --repeats timed ones, fewer where one call is long: the timed calls of
-        a phase stop once they would pass --phase-cap seconds (at least one is always timed)."""
-
-        def call(x):
-            fn(x)
-            sync()
-
-        times = bc.time_it(call, 1, W, setup=setup)
-        more = max(0, min(R - 1, int(args.phase_cap / max(times[0], 1e-9)) - 1))
-        return times + bc.time_it(call, more, 0, setup=setup)
-
-    res = {"lib": args.only, "threads": torch.get_num_threads(), "info": runner.info(), "times": {}}
-    res["times"]["map"] = timed(runner.build_map)
-    with torch.no_grad():
-        res["times"]["fwd"] = timed(runner.forward, setup=lambda: runner.with_cache(feats))
-
-    def leaf():
-        runner.zero_grad()
-        return feats.detach().requires_grad_(True)
-
-    res["times"]["fwdbwd"] = timed(
-        lambda x: runner.forward(x).backward(grad_out), setup=lambda: runner.with_cache(leaf())
-    )
-    sync()
-    res["pairs"] = runner.pairs()
-    res["rss_start_mib"] = rss_start
-    res["rss_peak_mib"] = bc.rss_peak_mib()  # over the timed runs: outputs below are not counted
-    res["rss_peak_is_reset"] = reset
-    if cuda:
-        res["gpu_peak_mib"] = (torch.cuda.max_memory_allocated() - gpu_start) / 2**20
-    if args.only == "spconv":
-        res["omp_threads"] = runner.peers.omp_threads()
-
-    def outputs(fresh=True):
-        x = leaf()
-        out = runner.forward(runner.tensor(x) if fresh else runner.with_cache(x))
-        out.backward(grad_out)
-        sync()
-        return {
-            "out": out.detach().cpu(),
-            "grad_feats": x.grad.cpu(),
-            "grad_weight": runner.weight_grad().detach().cpu(),
-            "grad_bias": runner.bias_grad().detach().cpu(),
-        }
-
-    def diff(a, b):
-        return {k: float((a[k] - b[k]).abs().max()) if a[k].numel() else 0.0 for k in a}
-
-    if args.out_tensors:
-        if args.only == "spconv":  # timed as shipped; compare its exact (serial scatter-add) result
-            with runner.peers.serial_scatter():
-                ref = outputs()
-            res["race_max_abs_diff"] = diff(outputs(), ref)
-        else:
-            ref = outputs()
-        if args.only == "open3d":  # the timed path (cached lists) against the layer's own call, forward
-            with torch.no_grad():
-                cached = runner.forward(runner.with_cache(feats)).cpu()
-            res["cached_vs_layer_max_abs_diff_out"] = float((cached - ref["out"]).abs().max())
-        torch.save(ref, args.out_tensors)
-    Path(args.result).write_text(json.dumps(res))
+    if dev.type == "cuda":
+        set_tf32(args.allow_tf32)
+    job = json.loads(Path(args.job).read_text())
+    s = torch.load(job["scene"])
+    scene = {"coords": s["coords"].to(dev), "spatial_shape": list(s["spatial_shape"]), "batch_size": 1,
+             "voxel_size": s["voxel_size"]}
+    results = []
+    for cfg in job["configs"]:
+        try:
+            r = measure_config(args.only, cfg, scene, args, dev, job["outputs"])
+        except Exception as e:  # noqa: BLE001 - one configuration failing must not lose the others
+            r = {"lib": args.only, **cfg, "error": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}"}
+            print(f"[compare child] {args.only} {cfg}: {type(e).__name__}: {e}", file=sys.stderr)
+            if dev.type == "cuda":
+                try:
+                    torch.ones(1, device=dev).add_(1)
+                    torch.cuda.synchronize()
+                except Exception:  # the context is gone: the rest cannot run
+                    results.append(r)
+                    Path(args.result).write_text(json.dumps(results))
+                    raise
+        results.append(r)
+        Path(args.result).write_text(json.dumps(results))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -296,11 +330,8 @@ def availability(requested, device: str) -> dict:
 
                 info["version"] = sparseconv.__version__
                 if device == "cuda" and not sparseconv.build_info().get("cuda"):
-                    info.update(
-                        ok=False,
-                        reason="this build of sparseconv has no CUDA kernels "
-                        "(build_info()['cuda'] is False; rebuild with FORCE_CUDA=1 where nvcc is)",
-                    )
+                    info.update(ok=False, reason="this build of sparseconv has no CUDA kernels "
+                                "(build_info()['cuda'] is False; rebuild with FORCE_CUDA=1 where nvcc is)")
             else:
                 import peers
 
@@ -311,30 +342,24 @@ def availability(requested, device: str) -> dict:
                     except ImportError:
                         CPU_ONLY_BUILD = False
                     if CPU_ONLY_BUILD:
-                        info.update(
-                            ok=False,
-                            reason="the installed spconv wheel is CPU-only (install a "
-                            "spconv-cuXXX wheel matching torch's CUDA for GPU runs)",
-                        )
+                        info.update(ok=False, reason="the installed spconv wheel is CPU-only (install a "
+                                    "spconv-cuXXX wheel matching torch's CUDA for GPU runs)")
         elif lib in INSTALL_HINT:
             info["reason"] = f"{why} ({INSTALL_HINT[lib]})"
         out[lib] = info
     for lib in ("open3d", "minkowskiengine"):
-        if lib not in requested:
+        if lib not in requested or (lib == "open3d" and device != "cpu"):
             continue
         try:
-            p = subprocess.run(
-                [sys.executable, "-c", PROBES[lib]], capture_output=True, text=True, timeout=180, check=False
-            )
+            p = subprocess.run([sys.executable, "-c", PROBES[lib]], capture_output=True, text=True, timeout=180,
+                               check=False)
             ok, lines = p.returncode == 0, p.stdout.strip().splitlines()
             reason = None if ok else (_last_line(p.stderr) or f"import exited with {p.returncode}")
         except subprocess.TimeoutExpired:
             ok, lines, reason = False, [], "import timed out (180 s)"
         info = {"ok": ok, "version": lines[-1] if ok and lines else None, "reason": reason}
         if not ok:
-            hint = INSTALL_HINT[lib]
-            if "libusb" in (reason or ""):
-                hint = "apt-get install libusb-1.0-0"
+            hint = "apt-get install libusb-1.0-0" if "libusb" in (reason or "") else INSTALL_HINT[lib]
             info["reason"] = f"{reason} ({hint})"
         elif device == "cuda" and "cuda=1" not in lines:
             info.update(ok=False, reason=f"{LABEL[lib]} {info['version']} was built without CUDA")
@@ -343,24 +368,24 @@ def availability(requested, device: str) -> dict:
 
 
 def prepare_scene(target: int, args) -> dict:
-    """One LiDAR-like scene, voxelized (bench_conv.voxelize_scene: sparseconv.voxelize)."""
-    from sparseconv.data import lidar_scene
+    """One LiDAR-like scene, voxelized: from --scene-cache (bench_cuda's .npz files, which gpu_session.sh makes
+    while it builds) when given, else sparseconv.voxelize on a fresh lidar_scene."""
+    import torch
 
     t0 = time.perf_counter()
-    points, _labels = lidar_scene(target, voxel_size=args.voxel_size, seed=args.seed)
-    t_scene = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    coords, spatial_shape, how = bc.voxelize_scene(points, args.voxel_size)
-    return {
-        "target": target,
-        "points": len(points),
-        "voxels": int(coords.shape[0]),
-        "spatial_shape": list(spatial_shape),
-        "voxelizer": how,
-        "t_scene_s": t_scene,
-        "t_voxelize_s": time.perf_counter() - t0,
-        "coords": coords,
-    }
+    if args.scene_cache:
+        import bench_cuda
+
+        coords, shape, points, how, _ = bench_cuda.load_scene(target, args.seed, args.scene_cache)
+        coords, n_points, how = torch.from_numpy(coords), len(points), f"bench_cuda.load_scene ({how})"
+    else:
+        from sparseconv.data import lidar_scene
+
+        points, _labels = lidar_scene(target, voxel_size=args.voxel_size, seed=args.seed)
+        coords, shape, how = bc.voxelize_scene(points, args.voxel_size)
+        n_points = len(points)
+    return {"target": target, "points": n_points, "voxels": int(coords.shape[0]), "spatial_shape": list(shape),
+            "voxelizer": how, "t_scene_s": time.perf_counter() - t0, "coords": coords.to(torch.int32)}
 
 
 def write_atomic(path: Path, write) -> None:
@@ -380,15 +405,22 @@ def write_atomic(path: Path, write) -> None:
         raise
 
 
-def run_job(args, workdir: Path, cfg: dict, lib: str, rnd: int) -> None:
-    """One child: `lib` on `cfg` in round `rnd`; merges its result into cfg["runs"][lib]."""
-    n, c = cfg["scene"]["voxels"], cfg["C"]
-    res_path = workdir / f"res_{lib}_{n}_{c}_{rnd}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--only", lib, "--data", cfg["path"]]
-    cmd += ["--result", str(res_path), "--threads", str(args.threads), "--device", args.device]
-    cmd += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-    if rnd == 0:
-        cmd += ["--out-tensors", str(workdir / f"out_{lib}_{n}_{c}.pt")]
+def cfg_id(c: dict) -> tuple:
+    return (c["kind"], c["target"], c["C"], c["dtype"])
+
+
+def run_job(args, workdir: Path, scene_path: str, cfgs: list, lib: str, rnd: int, runs: dict) -> float:
+    """One child: `lib` on configurations `cfgs` of one scene in round `rnd`; merges into runs[cfg_id][lib].
+    Returns its wall time."""
+    job = workdir / f"job_{lib}_{rnd}_{abs(hash(tuple(cfg_id(c) for c in cfgs)))}.json"
+    res_path = job.with_suffix(".res.json")
+    job.write_text(json.dumps({"scene": scene_path, "outputs": rnd == 0,
+                               "configs": [{k: c[k] for k in ("kind", "C", "dtype")} for c in cfgs]}))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--only", lib, "--job", str(job), "--result",
+           str(res_path), "--threads", str(args.threads), "--device", args.device, "--repeats", str(args.repeats),
+           "--warmup", str(args.warmup), "--phase-cap", str(args.phase_cap), "--seed", str(args.seed)]
+    if args.allow_tf32:
+        cmd.append("--allow-tf32")
     if args.wait_idle > 0:
         bc.wait_idle(args.wait_idle)
     b0, c0, w0 = bc.cpu_busy_s(), bc.children_cpu_s(), time.perf_counter()
@@ -399,70 +431,38 @@ def run_job(args, workdir: Path, cfg: dict, lib: str, rnd: int) -> None:
         tail = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
         rc, err = -1, f"{tail}\ntimed out after {args.child_timeout:.0f} s (--child-timeout)"
     wall = time.perf_counter() - w0
-    # cores other processes kept busy meanwhile (this one only waits)
-    other = max(0.0, ((bc.cpu_busy_s() - b0) - (bc.children_cpu_s() - c0)) / wall)
-    if rnd == 0:
-        cfg["durations"][lib] = wall
-    runs = cfg["runs"]
+    other = max(0.0, ((bc.cpu_busy_s() - b0) - (bc.children_cpu_s() - c0)) / wall)  # cores others kept busy
+    done = json.loads(res_path.read_text()) if res_path.exists() else []
+    what = f"{LABEL[lib]} round {rnd}, " + ", ".join(f"{c['kind']} {c['target']} C={c['C']} {c['dtype']}"
+                                                       for c in cfgs[:4]) + (" ..." if len(cfgs) > 4 else "")
     if rc != 0:
-        print(
-            f"[compare] {LABEL[lib]} C={c} {n} voxels round {rnd} failed (exit {rc}):\n{err[-2000:]}",
-            file=sys.stderr,
-        )
-        runs[lib] = {"error": _last_line(err) or f"exit {rc}"}
-        return
-    if "error" in runs.get(lib, {}):
-        return  # an earlier round failed: keep it marked failed
-    if other > 0.2:
-        print(
-            f"[compare] warning: other processes kept {other:.2f} cores busy during {LABEL[lib]} C={c} {n} "
-            f"voxels round {rnd}: its timings are unreliable (--wait-idle, or a quiet machine)",
-            file=sys.stderr,
-        )
-    r = json.loads(res_path.read_text())
-    r["other_load_cores"] = other
-    if lib not in runs:
-        runs[lib] = r
-        return
-    m = runs[lib]  # merge: all timings, the largest memory growth and other-process load
-    for k, v in r["times"].items():
-        m["times"][k] += v
-    m["other_load_cores"] = max(m["other_load_cores"], other)
-    if _growth(r) > _growth(m):
-        m.update({k: r[k] for k in ("rss_start_mib", "rss_peak_mib")})
-    if r.get("gpu_peak_mib", 0) > m.get("gpu_peak_mib", 0):
-        m["gpu_peak_mib"] = r["gpu_peak_mib"]
-
-
-def compare_outputs(cfg: dict, libs, workdir: Path) -> None:
-    """Max abs differences of each library's round-0 outputs to sparseconv's; then the output files go."""
-    import torch
-
-    n, c = cfg["scene"]["voxels"], cfg["C"]
-    files = {lib: workdir / f"out_{lib}_{n}_{c}.pt" for lib in libs}
-    files = {lib: f for lib, f in files.items() if f.exists()}
-    if "sparseconv" in files:
-        ref = torch.load(files["sparseconv"])
-        cfg["max_abs"] = {k: float(v.abs().max()) if v.numel() else 0.0 for k, v in ref.items()}
-        for lib, f in files.items():
-            if lib != "sparseconv":
-                o = torch.load(f)
-                cfg.setdefault("diffs", {})[lib] = {
-                    k: float((o[k] - ref[k]).abs().max()) if ref[k].numel() else 0.0 for k in DIFF_KEYS
-                }
-    for f in files.values():
-        f.unlink()
+        print(f"[compare] {what} failed (exit {rc}):\n{err[-2000:]}", file=sys.stderr)
+    if other > 0.2 and args.device == "cpu":
+        print(f"[compare] warning: other processes kept {other:.2f} cores busy during {what}: its timings are "
+              "unreliable (--wait-idle, or a quiet machine)", file=sys.stderr)
+    for i, c in enumerate(cfgs):
+        slot = runs.setdefault(cfg_id(c), {})
+        r = done[i] if i < len(done) else {"error": _last_line(err) or f"exit {rc}"}
+        if "error" in r or "error" in slot.get(lib, {}):
+            slot[lib] = {"error": r.get("error") or slot[lib]["error"]}
+            continue
+        r["other_load_cores"] = other
+        if lib not in slot:
+            slot[lib] = r
+            continue
+        m = slot[lib]  # merge rounds: all timings, the largest memory and other-process load
+        for k, v in r["times"].items():
+            m["times"][k] += v
+        m["other_load_cores"] = max(m["other_load_cores"], other)
+        if _growth(r) > _growth(m):
+            m.update({k: r[k] for k in ("rss_start_mib", "rss_peak_mib")})
+        if r.get("gpu_peak_mib", 0) > m.get("gpu_peak_mib", 0):
+            m["gpu_peak_mib"] = r["gpu_peak_mib"]
+    return wall
 
 
 def run_parent(args) -> int:
     import torch
-
-    try:
-        from tqdm import tqdm
-    except ImportError:
-
-        def tqdm(it=None, **kw):
-            return it
 
     t_start = time.perf_counter()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -472,92 +472,109 @@ def run_parent(args) -> int:
     facts = bc.machine_facts()
     facts.update(torch=torch.__version__, threads=args.threads, device=args.device)
     if args.device == "cuda":
-        facts["gpu"] = torch.cuda.get_device_name(0)
-        facts["cuda"] = torch.version.cuda
+        facts.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
+        facts["tf32"] = set_tf32(args.allow_tf32)  # what the children set (printed from the parent's view)
     facts["other_load_at_start"] = round(bc.foreign_load(1.0), 2)
     avail = availability(args.libs, args.device)
     for lib, a in avail.items():
         if not a["ok"]:
             print(f"[compare] {LABEL[lib]} unavailable: {a['reason']}", file=sys.stderr)
     usable = [lib for lib in LIBS if avail.get(lib, {}).get("ok")]  # round 0 order: sparseconv first
-    if not usable:
-        if args.device == "cuda":  # expected while no library here has CUDA kernels: say so, not a failure
-            print(
-                "Nothing can run on CUDA: "
-                + "; ".join(f"{LABEL[k]}: {a['reason']}" for k, a in avail.items())
-            )
+    if "sparseconv" not in usable:
+        msg = "; ".join(f"{LABEL[k]}: {a['reason']}" for k, a in avail.items() if not a["ok"])
+        if args.device == "cuda":  # expected while sparseconv here has no CUDA kernels: say so, not a failure
+            print(f"Nothing to compare on CUDA: {msg}")
             return 0
-        print("[compare] no library to measure", file=sys.stderr)
+        print(f"[compare] sparseconv is not usable: {msg}", file=sys.stderr)
         return 1
 
-    configs = []  # dicts: C, scene facts, runs {lib: merged result}, diffs {lib: {...}}
+    configs, runs, skipped = [], {}, 0
     with tempfile.TemporaryDirectory(prefix="compare_peers_") as tmp:
         workdir = Path(tmp)
-        for target in tqdm(args.voxels, desc="scenes", file=sys.stderr):
+        scenes, unet_scene = [], None
+        for target in args.voxels:
             sc = prepare_scene(target, args)
             coords = sc.pop("coords")
-            for c in args.channels:
-                d = bc.make_data(coords, tuple(sc["spatial_shape"]), c, c, args.seed)
-                d["voxel_size"] = args.voxel_size
-                path = workdir / f"data_{target}_{c}.pt"
-                torch.save(d, path)
-                configs.append({"C": c, "scene": dict(sc), "path": str(path), "runs": {}, "durations": {}})
-        configs.sort(key=lambda x: (x["C"], x["scene"]["voxels"]))
-
-        total = args.rounds * len(configs) * len(usable)
-        bar = tqdm(total=total, desc="runs", file=sys.stderr)
-        skipped, last = 0, {}
+            if args.unet and target == args.unet_voxels:
+                unet_scene = (coords, sc["spatial_shape"])
+            sc["path"] = str(workdir / f"scene_{target}.pt")
+            torch.save({"coords": coords, "spatial_shape": sc["spatial_shape"], "voxel_size": args.voxel_size},
+                       sc["path"])
+            scenes.append(sc)
+            print(f"[compare] scene {target:,}: {sc['voxels']:,} voxels, grid {sc['spatial_shape']} "
+                  f"({sc['voxelizer']}, {sc['t_scene_s']:.1f} s)", file=sys.stderr, flush=True)
+            for kind in args.kinds:
+                for c in args.channels:
+                    for dt in args.dtypes:
+                        configs.append({"kind": kind, "target": target, "C": c, "dtype": dt, "scene": sc})
+        # jobs: on CUDA one per scene and library (the allocator's peak is exact per configuration), on the CPU
+        # one per configuration and library (a fresh process for each RSS figure)
+        groups = []
+        for sc in scenes:
+            mine = [c for c in configs if c["scene"] is sc]
+            groups += [mine] if args.device == "cuda" else [[c] for c in mine]
+        last = {}  # lib -> (seconds, work) of its last job: the estimate for the next
         for rnd in range(args.rounds):
-            for cfg in configs:
+            for cfgs in groups:
                 for lib in usable[:: (-1) ** rnd]:
-                    if hasattr(bar, "update"):
-                        bar.set_postfix_str(
-                            f"{lib} C={cfg['C']} {cfg['scene']['voxels']} voxels, round {rnd}"
-                        )
-                        bar.update(1)
-                    # a run starts only if its expected duration still fits in --budget: its own round-0
-                    # duration, or in round 0 the library's last one scaled by voxels x C
-                    work = cfg["scene"]["voxels"] * cfg["C"]
-                    if rnd:
-                        est = cfg["durations"].get(lib, 0.0)
-                    else:
-                        d0, w0 = last.get(lib, (0.0, 1))
-                        est = min(d0 * work / w0, args.child_timeout)
+                    todo = [c for c in cfgs if supports(lib, c, args.device)]
+                    if not todo:
+                        continue
+                    work = sum(c["scene"]["voxels"] * c["C"] for c in todo)
+                    s0, w0 = last.get(lib, (0.0, 1))
+                    est = min(s0 * work / w0, args.child_timeout)
                     if time.perf_counter() - t_start + est > args.budget:
                         skipped += 1
                         continue
-                    run_job(args, workdir, cfg, lib, rnd)
-                    if rnd == 0 and lib in cfg["durations"]:
-                        last[lib] = (cfg["durations"][lib], work)
-                if rnd == 0:
-                    compare_outputs(cfg, usable, workdir)
-        if hasattr(bar, "close"):
-            bar.close()
-        for cfg in configs:
-            for r in cfg["runs"].values():
-                if "times" in r:
-                    r["median_s"] = {k: median(v) for k, v in r["times"].items()}
-                    r["n_times"] = "/".join(str(len(r["times"][k])) for k, _ in PHASES)
-            cfg.pop("path", None)
-
-    results = {
-        "machine": facts,
-        "libs": avail,
-        "configs": configs,
-        "skipped_jobs": skipped,
-        "args": args,
-        "runtime_s": time.perf_counter() - t_start,
-    }
+                    print(f"[compare] round {rnd}: {LABEL[lib]}, {len(todo)} configuration(s) at "
+                          f"{todo[0]['scene']['voxels']:,} voxels ({time.perf_counter() - t_start:.0f} s)",
+                          file=sys.stderr, flush=True)
+                    wall = run_job(args, workdir, todo[0]["scene"]["path"], todo, lib, rnd, runs)
+                    last[lib] = (wall, work)
+        unet = None
+        if args.unet:
+            unet = run_unet(args, unet_scene, t_start)
+    for c in configs:
+        c["runs"] = runs.get(cfg_id(c), {})
+        c["scene"] = {k: v for k, v in c["scene"].items() if k != "path"}
+        for r in c["runs"].values():
+            if "times" in r:
+                r["median_s"] = {k: median(v) for k, v in r["times"].items()}
+                r["n_times"] = "/".join(str(len(r["times"][k])) for k, _ in PHASES)
+    results = {"machine": facts, "libs": avail, "configs": configs, "unet": unet, "skipped_jobs": skipped,
+               "args": args, "runtime_s": time.perf_counter() - t_start}
     text = report(results, args)
     print(text)
-    stem = HERE / "results" / ("compare_peers_quick" if args.quick else "compare_peers")
-    if args.out_dir:
-        stem = Path(args.out_dir) / stem.name
+    name = f"compare_peers{'_quick' if args.quick else ''}_{args.device}"
+    stem = Path(args.out_dir) / name if args.out_dir else HERE / "results" / name
     write_atomic(stem.with_suffix(".md"), lambda t: Path(t).write_text(text))
     write_atomic(stem.with_suffix(".csv"), lambda t: Path(t).write_text(to_csv(results, args)))
     write_atomic(stem.with_suffix(".png"), lambda t: plot(results, t))
     print(f"\nwritten: {stem}.md, {stem}.csv, {stem}.png ({time.perf_counter() - t_start:.0f} s in all)")
     return 0
+
+
+def run_unet(args, scene, t_start):
+    """unet_step.py's training step, both libraries (its own fresh processes): {"rows", "args"} or None."""
+    import unet_step
+
+    left = args.budget - (time.perf_counter() - t_start)
+    if left < 30:
+        print(f"[compare] U-Net step skipped: {left:.0f} s of --budget left", file=sys.stderr)
+        return {"skipped": f"{left:.0f} s of --budget left"}
+    ua = argparse.Namespace(device=args.device, voxels=args.unet_voxels, dtype=args.unet_dtype, cin=4, classes=8,
+                            repeats=args.unet_repeats, warmup=args.unet_warmup, seed=args.seed,
+                            timeout=args.child_timeout, libs=args.libs)
+    print(f"[compare] U-Net step at {args.unet_voxels:,} voxels, {args.unet_dtype} "
+          f"({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
+    if scene is None and args.scene_cache:
+        sc = prepare_scene(args.unet_voxels, args)
+        scene = (sc["coords"], sc["spatial_shape"])
+    coords, shape = scene if scene is not None else (None, None)
+    rows, _ = unet_step.measure(ua, log=lambda s: print(f"[unet_step] {s}", file=sys.stderr), coords=coords,
+                                shape=shape)
+    return {"rows": rows, "voxels": args.unet_voxels, "dtype": args.unet_dtype, "repeats": args.unet_repeats,
+            "warmup": args.unet_warmup}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -569,12 +586,59 @@ def _growth(r: dict):
     return r["rss_peak_mib"] - r["rss_start_mib"] if "rss_peak_mib" in r else None
 
 
-def _ratio(a, b):
+def _mem(r: dict, device: str):
+    return r.get("gpu_peak_mib") if device == "cuda" else _growth(r)
+
+
+def value(r: dict, key: str, device: str):
+    """ms for a phase, MiB for "mem"; None when not measured."""
+    if "median_s" not in r:
+        return None
+    return _mem(r, device) if key == "mem" else r["median_s"][key] * 1e3
+
+
+def ratio(cfg: dict, lib: str, key: str, device: str):
+    """ours / lib (< 1: sparseconv faster or smaller)."""
+    a, b = value(cfg["runs"].get("sparseconv", {}), key, device), value(cfg["runs"].get(lib, {}), key, device)
     return a / b if a is not None and b else None
 
 
-def _mem(r: dict, args):
-    return r.get("gpu_peak_mib") if args.device == "cuda" else _growth(r)
+def verdicts(cfg: dict, device: str) -> dict:
+    """measure -> True / False against issue 15's targets (ours / spconv), plus "flagship" on its row."""
+    out = {k: (q <= TARGET[k]) for k in TARGET for q in [ratio(cfg, "spconv", k, device)] if q is not None}
+    f = FLAGSHIP
+    if (cfg["kind"], cfg["C"], cfg["dtype"]) == (f["kind"], f["C"], f["dtype"]) and device == "cuda" \
+            and cfg["scene"]["voxels"] >= 0.9 * f["voxels"]:
+        t = value(cfg["runs"].get("sparseconv", {}), "fwdbwd", device)
+        if t is not None:
+            out["flagship"] = t <= f["fwdbwd_ms"]
+    return out
+
+
+def _num(x):
+    if x is None:
+        return "n/a"
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+def _err(d: dict, keys=("out", "grad_feats", "grad_weight")) -> str:
+    return "/".join(f"{d[k]:.0e}" for k in keys)
+
+
+def diff_cell(cfg: dict) -> str:
+    """float32: spconv's max abs difference to sparseconv (out / d feats / d weight); fp16 / bf16: each
+    library's max abs error relative to the float32 reference's largest value."""
+    runs = cfg["runs"]
+    if cfg["dtype"] == "fp32":
+        r = runs.get("spconv", {})
+        return _err(r["err_abs"]) if "err_abs" in r else "n/a"
+    cells = []
+    for lib in ("sparseconv", "spconv"):
+        r = runs.get(lib, {})
+        if "err_abs" in r:
+            rel = {k: r["err_abs"][k] / max(r["ref_max"][k], 1e-30) for k in DIFF_KEYS}
+            cells.append(f"{'ours' if lib == 'sparseconv' else lib} {_err(rel)}")
+    return ", ".join(cells) or "n/a"
 
 
 def report(results: dict, args) -> str:
@@ -583,187 +647,178 @@ def report(results: dict, args) -> str:
     def w(s=""):
         out.write(s + "\n")
 
-    m, avail = results["machine"], results["libs"]
-    dev = "CUDA" if args.device == "cuda" else "CPU"
-    w(f"## SubMConv3d 3x3x3, C -> C, float32, {dev}: sparseconv vs peers\n")
-    w(
-        f"- machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd']) or 'no AVX'}), "
-        f"{m['mem_gib']} GiB; "
-        f"torch {m['torch']}, {m['threads']} threads; Python {m['python']}"
-        + (f"; GPU {m['gpu']} (CUDA {m['cuda']})" if "gpu" in m else "")
-    )
+    m, avail, dev = results["machine"], results["libs"], args.device
+    w(f"## Sparse 3x3x3 convolutions C -> C on {'CUDA' if dev == 'cuda' else 'the CPU'}: sparseconv against "
+      "its peers (issue 15)\n")
+    if dev == "cuda":
+        w(f"- GPU {m['gpu']}, CUDA {m['cuda']}; torch {m['torch']}; Python {m['python']}; CPU {m['cpu']}, "
+          f"{m['cores']} cores")
+        w("- TF32: " + ("ON (--allow-tf32)" if args.allow_tf32 else "off") + " ("
+          + ", ".join(f"{k} = {v}" for k, v in m["tf32"].items()) + ")")
+    else:
+        w(f"- machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd']) or 'no AVX'}), {m['mem_gib']} GiB; "
+          f"torch {m['torch']}, {m['threads']} threads; Python {m['python']}")
+        w(f"- other processes' CPU load at start: {m['other_load_at_start']:.2f} cores")
     for lib in LIBS:
         a = avail.get(lib)
-        if a is None:
-            continue
-        w(f"- {LABEL[lib]}: " + (f"{a['version']}" if a["ok"] else f"unavailable: {a['reason']}"))
-    w(f"- other processes' CPU load at start: {m['other_load_at_start']:.2f} cores")
-    w(
-        f"- medians of up to {args.rounds} rounds x {args.repeats} runs (each after {args.warmup} warm-up), "
-        "one "
-        "fresh process per library per configuration per round, library order reversed every round; scenes "
-        f"`sparseconv.data.lidar_scene(N, voxel_size={args.voxel_size}, seed={args.seed})`"
-    )
-    w(
-        "- cells: median ms (time / sparseconv's time); memory: peak "
-        + (
-            "GPU allocation (torch allocator)"
-            if args.device == "cuda"
-            else "RSS growth over imports + the scene's tensors, largest round"
-        )
-        + "; diff: max |lib - sparseconv| of output / d feats / d weight (spconv: its serial, exact run)"
-    )
-    if "spconv" in avail and avail["spconv"]["ok"] and args.device == "cpu":
-        w(
-            "- spconv timed as shipped (multi-threaded scatter-add, which races: see the race note under "
-            "the table)"
-        )
-    if "open3d" in avail and avail["open3d"]["ok"]:
-        w(
-            "- Open3D: map build = its fixed-radius search; 'map cached' = continuous_conv on stored "
-            "neighbour "
-            "lists; its TBB threads are not limited by torch.set_num_threads"
-        )
+        if a is not None:
+            algo = next((r["info"].get("algo") for c in results["configs"] for r in [c["runs"].get(lib, {})]
+                         if "info" in r and r["info"].get("algo")), None)
+            w(f"- {LABEL[lib]}: " + (f"{a['version']}" + (f" ({algo})" if algo else "") if a["ok"]
+                                     else f"unavailable: {a['reason']}"))
+    timing = "CUDA events around each call" if dev == "cuda" else "perf_counter"
+    w(f"- medians of {args.rounds} round(s) x {args.repeats} runs after {args.warmup} warm-up ({timing}), library "
+      "order reversed every round; one process per library per "
+      + ("scene" if dev == "cuda" else "configuration")
+      + f"; scenes `sparseconv.data.lidar_scene(N, voxel_size={args.voxel_size}, seed={args.seed})`")
+    w("- kinds: subm = SubMConv3d; strided = SparseConv3d stride 2, padding 1; inverse = SparseInverseConv3d "
+      "undoing it (voxels: the scene's; the strided output has about 1/4 as many); all with bias; map cached for "
+      "forward and forward + backward (input, weight and bias gradients)")
+    mem_def = ("peak of torch's CUDA allocator over the layer's set-up and timed phases, inputs included"
+               if dev == "cuda" else "peak RSS growth of the child over imports + scene, largest round")
+    if not avail.get("spconv", {}).get("ok"):
+        w(f"- cells: sparseconv's median ms (memory MiB: {mem_def}); spconv is not available: no ratios")
+    else:
+        w("- cells: ours / spconv in ms (memory MiB: "
+          + mem_def + "), then the ratio ours / spconv and PASS / MISS against issue 15's GPU targets: forward and "
+          "forward + backward <= 0.8x, map build and memory <= 1x; subm 1M C=64 fp16 forward + backward <= 1.5 ms"
+          + ("" if dev == "cuda" else " (on the CPU for information only)"))
+    w("- diff: fp32: spconv's max abs difference to sparseconv, out / d feats / d weight; fp16, bf16: max abs "
+      "error relative to the largest value of a float32 sparseconv reference on the same rounded inputs")
     if results["skipped_jobs"]:
         w(f"- {results['skipped_jobs']} runs skipped to stay within --budget {args.budget:.0f} s")
     w()
-    libs = [lib for lib in LIBS if avail.get(lib, {}).get("ok")]
-    head = ["C", "voxels", "measure"] + [LABEL[x] for x in libs]
-    w("| " + " | ".join(head) + " |")
-    w("|" + "---|" * len(head))
+    peer = "spconv" if avail.get("spconv", {}).get("ok") else None
+    w("| kind | voxels | C | dtype | map build (ms) | forward (ms) | forward + backward (ms) | peak memory (MiB) "
+      "| diff |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    met, total = 0, 0
     for cfg in results["configs"]:
         runs = cfg["runs"]
-        ref = runs.get("sparseconv", {})
-        rows = []
-        for key, label in PHASES:
-            cells = []
-            for lib in libs:
-                r = runs.get(lib, {})
-                if "error" in r:
-                    cells.append(f"failed: {r['error'][:80]}")
-                    continue
-                t = r.get("median_s", {}).get(key)
-                if t is None:
-                    cells.append("n/a")
-                    continue
-                q = _ratio(t, ref.get("median_s", {}).get(key))
-                cells.append(
-                    f"{bc.fmt_ms(t)}" + (f" ({q:.2f}x)" if q is not None and lib != "sparseconv" else "")
-                )
-            rows.append([label + " [ms]"] + cells)
+        ours, sp = runs.get("sparseconv", {}), runs.get("spconv", {})
+        ok = verdicts(cfg, dev)
+        met, total = met + sum(ok.values()), total + len(ok)
         cells = []
-        for lib in libs:
-            v = _mem(runs.get(lib, {}), args)
-            q = _ratio(v, _mem(ref, args))
-            cells.append(
-                "n/a" if v is None else f"{v:.0f}" + (f" ({q:.2f}x)" if q and lib != "sparseconv" else "")
-            )
-        rows.append(["peak memory growth [MiB]"] + cells)
-        diffs = cfg.get("diffs", {})
-        rows.append(
-            ["max abs diff vs sparseconv"]
-            + [
-                "(reference)"
-                if lib == "sparseconv"
-                else (
-                    f"{diffs[lib]['out']:.1e} / {diffs[lib]['grad_feats']:.1e} / "
-                    f"{diffs[lib]['grad_weight']:.1e}"
-                    if lib in diffs
-                    else "n/a"
-                )
-                for lib in libs
-            ]
-        )
-        rows.append(
-            ["kernel-map pairs"]
-            + [f"{runs[lib]['pairs']:,}" if "pairs" in runs.get(lib, {}) else "n/a" for lib in libs]
-        )
-        for i, row in enumerate(rows):
-            lead = [str(cfg["C"]), f"{cfg['scene']['voxels']:,}"] if i == 0 else ["", ""]
-            w("| " + " | ".join(lead + row) + " |")
+        for key, _ in MEASURES:
+            if "error" in ours:
+                cells.append(f"ours failed: {ours['error'][:60]}")
+                continue
+            a = value(ours, key, dev)
+            if peer is None:
+                cells.append(_num(a))
+                continue
+            if "error" in sp:
+                cells.append(f"{_num(a)} / failed")
+                continue
+            b, q = value(sp, key, dev), ratio(cfg, "spconv", key, dev)
+            cell = f"{_num(a)} / {_num(b)}" + (f" = {q:.2f}x {'PASS' if ok[key] else 'MISS'}" if q else "")
+            if key == "fwdbwd" and "flagship" in ok:
+                cell += f"; {'PASS' if ok['flagship'] else 'MISS'} <= {FLAGSHIP['fwdbwd_ms']} ms"
+            cells.append(cell)
+        w(f"| {cfg['kind']} | {cfg['scene']['voxels']:,} | {cfg['C']} | {cfg['dtype']} | " + " | ".join(cells)
+          + f" | {diff_cell(cfg)} |")
     w()
+    if peer:
+        w(f"targets met: {met} of {total}" + ("" if dev == "cuda" else " (GPU targets; CPU figures for information)"))
+    others = [lib for lib in ("open3d", "minkowskiengine") if avail.get(lib, {}).get("ok")]
+    for lib in others:
+        w(f"\n{LABEL[lib]} (ratio ours / {LABEL[lib]}; subm, float32):\n")
+        w("| voxels | C | map build (ms) | forward (ms) | forward + backward (ms) | peak memory (MiB) | diff |")
+        w("|---|---|---|---|---|---|---|")
+        for cfg in results["configs"]:
+            r = cfg["runs"].get(lib)
+            if r is None:
+                continue
+            if "error" in r:
+                w(f"| {cfg['scene']['voxels']:,} | {cfg['C']} | failed: {r['error'][:80]} | | | | |")
+                continue
+            cells = [f"{_num(value(r, k, dev))} ({_num(ratio(cfg, lib, k, dev))}x)" for k, _ in MEASURES]
+            w(f"| {cfg['scene']['voxels']:,} | {cfg['C']} | " + " | ".join(cells)
+              + f" | {_err(r['err_abs']) if 'err_abs' in r else 'n/a'} |")
+    notes = []
     for cfg in results["configs"]:
-        s, runs = cfg["scene"], cfg["runs"]
-        notes = [f"C={cfg['C']}, {s['voxels']:,} voxels: {s['points']:,} points, grid {s['spatial_shape']}"]
-        if "max_abs" in cfg:
-            ma = cfg["max_abs"]
-            notes.append(
-                f"sparseconv max |out| {ma['out']:.2f}, |d feats| {ma['grad_feats']:.2f}, "
-                f"|d weight| {ma['grad_weight']:.1f}"
-            )
-        race = runs.get("spconv", {}).get("race_max_abs_diff")
-        if race:
-            notes.append(
-                "spconv as shipped vs its serial run (race): "
-                f"{race['out']:.1e} / {race['grad_feats']:.1e} / {race['grad_weight']:.1e}"
-            )
-        cl = runs.get("open3d", {}).get("cached_vs_layer_max_abs_diff_out")
-        if cl is not None:
-            notes.append(f"Open3D timed path vs its layer call: max abs diff of the output {cl:.1e}")
+        runs, tag = cfg["runs"], f"{cfg['kind']} {cfg['scene']['voxels']:,} C={cfg['C']} {cfg['dtype']}"
+        sites = {lib: (r.get("in_sites"), r.get("out_sites")) for lib, r in runs.items() if "in_sites" in r}
+        if len(set(map(str, sites.values()))) > 1:
+            notes.append(f"{tag}: SITE SETS DIFFER between libraries: {sites}")
         pairs = {lib: r["pairs"] for lib, r in runs.items() if "pairs" in r}
         if len(set(pairs.values())) > 1:
-            notes.append(f"PAIR COUNTS DIFFER: {pairs}")
-        nt = {LABEL[lib]: r["n_times"] for lib, r in runs.items() if "n_times" in r}
-        if nt:
-            notes.append("timed runs (map / fwd / fwd+bwd) " + ", ".join(f"{k} {v}" for k, v in nt.items()))
-        busy = max((r.get("other_load_cores", 0.0) for r in runs.values()), default=0.0)
-        notes.append(f"most CPU used by other processes during a run {busy:.2f} cores")
-        w("- " + "; ".join(notes))
+            notes.append(f"{tag}: PAIR COUNTS DIFFER: {pairs}")
+        race = runs.get("spconv", {}).get("race_max_abs_diff")
+        if race:
+            notes.append(f"{tag}: spconv as shipped vs its serial scatter-add (race): {_err(race)}")
+        cl = runs.get("open3d", {}).get("cached_vs_layer_max_abs_diff_out")
+        if cl is not None:
+            notes.append(f"{tag}: Open3D timed path vs its layer call, output {cl:.1e}")
+        for lib, r in runs.items():
+            if "error" in r:
+                notes.append(f"{tag}: {LABEL[lib]} failed: {r['error'][:300]}")
+            if "ref_error" in r:
+                notes.append(f"{tag}: {LABEL[lib]}: no float32 reference ({r['ref_error']})")
+    if notes:
+        w("\n" + "\n".join(f"- {n}" for n in notes))
+    c0 = next((c for c in results["configs"] if "sparseconv" in c["runs"] and "n_times" in c["runs"]["sparseconv"]),
+              None)
+    if c0:
+        busy = max((r.get("other_load_cores", 0.0) for c in results["configs"] for r in c["runs"].values()),
+                   default=0.0)
+        w(f"\n- timed runs per phase (map / fwd / fwd+bwd), e.g. {c0['kind']} {c0['scene']['voxels']:,}: "
+          + ", ".join(f"{LABEL[lib]} {r['n_times']}" for lib, r in c0["runs"].items() if "n_times" in r)
+          + ("" if dev == "cuda" else f"; most CPU used by other processes during a run {busy:.2f} cores"))
+    u = results.get("unet")
+    if u:
+        w(f"\n### 4-level U-Net training step (benchmarks/unet_step.py; target ours <= {UNET_TARGET}x spconv)\n")
+        if "skipped" in u:
+            w(f"skipped: {u['skipped']}")
+        else:
+            w(f"{u['voxels']:,}-voxel scene, {u['dtype']}, medians of {u['repeats']} steps after {u['warmup']} "
+              "warm-up, each library in its own process; forward, loss, backward, SGD step (maps built every step)\n")
+            w("| library | voxels | step (ms) | peak memory (MiB) | ours / spconv | first loss |")
+            w("|---|---|---|---|---|---|")
+            for r in u["rows"]:
+                if "step_ms" not in r:
+                    w(f"| {r['lib']} | - | unavailable: {r['error'][:200]} | | | |")
+                    continue
+                q = r.get("ratio")
+                verdict = f" {'PASS' if q <= UNET_TARGET else 'MISS'}" if q is not None and r["lib"] == "sparseconv" \
+                    else ""
+                w(f"| {r['lib']} | {r['voxels']:,} | {r['step_ms']:.1f} | {r['peak_mib']:.0f} | "
+                  f"{q if q is not None else 'n/a'}{verdict} | {r['first_loss']:.6f} |")
     w(f"\nruntime {results['runtime_s']:.0f} s")
     return out.getvalue()
 
 
 CSV_FIELDS = [
-    "channels",
-    "voxels",
-    "points",
-    "library",
-    "version",
-    "status",
-    "device",
-    "threads",
-    "pairs",
-    "timed_runs",
-    "map_ms",
-    "fwd_cached_ms",
-    "fwdbwd_cached_ms",
-    "peak_mem_growth_mib",
-    "max_abs_diff_out",
-    "max_abs_diff_grad_feats",
-    "max_abs_diff_grad_weight",
-    "max_abs_diff_grad_bias",
-    "ratio_map",
-    "ratio_fwd_cached",
-    "ratio_fwdbwd_cached",
-    "ratio_peak_mem",
-    "other_load_cores",
+    "kind", "voxels", "C", "dtype", "library", "version", "status", "device", "tf32", "threads", "pairs",
+    "timed_runs", "map_ms", "fwd_ms", "fwdbwd_ms", "peak_mem_mib", "step_ms",
+    "max_abs_err_out", "max_abs_err_grad_feats", "max_abs_err_grad_weight", "max_abs_err_grad_bias",
+    "ref_max_out", "ref_max_grad_feats", "ref_max_grad_weight",
+    "ratio_map", "ratio_fwd", "ratio_fwdbwd", "ratio_mem", "pass_map", "pass_fwd", "pass_fwdbwd", "pass_mem",
+    "pass_flagship", "other_load_cores",
 ]
 
 
 def to_csv(results: dict, args) -> str:
+    """One row per configuration and library; ratio_* = sparseconv's value / this library's; pass_* on spconv's
+    rows (issue 15's targets); max_abs_err_* against the float32 sparseconv reference; U-Net rows: kind
+    unet_step, step_ms."""
     buf = io.StringIO()
     wr = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     wr.writeheader()
-    avail = results["libs"]
+    avail, dev = results["libs"], args.device
 
     def num(x, fmt="{:.6g}"):
         return "" if x is None else fmt.format(x)
 
     for cfg in results["configs"]:
-        runs, ref = cfg["runs"], cfg["runs"].get("sparseconv", {})
+        ok = verdicts(cfg, dev)
         for lib in LIBS:
-            if lib not in avail:
+            if lib not in avail or not supports(lib, cfg, dev):
                 continue
-            a, r = avail[lib], runs.get(lib, {})
-            row = {
-                "channels": cfg["C"],
-                "voxels": cfg["scene"]["voxels"],
-                "points": cfg["scene"]["points"],
-                "library": lib,
-                "version": a.get("version") or "",
-                "device": args.device,
-                "threads": args.threads,
-            }
+            a, r = avail[lib], cfg["runs"].get(lib, {})
+            row = {"kind": cfg["kind"], "voxels": cfg["scene"]["voxels"], "C": cfg["C"], "dtype": cfg["dtype"],
+                   "library": lib, "version": a.get("version") or "", "device": dev, "tf32": int(args.allow_tf32),
+                   "threads": args.threads}
             if not a["ok"]:
                 row["status"] = f"unavailable: {a['reason']}"
             elif "error" in r:
@@ -771,196 +826,154 @@ def to_csv(results: dict, args) -> str:
             elif "median_s" not in r:
                 row["status"] = "skipped (time budget)"
             else:
-                row["status"] = "ok"
-                med, rmed = r["median_s"], ref.get("median_s", {})
-                row.update(
-                    pairs=r["pairs"],
-                    timed_runs=r["n_times"],
-                    map_ms=num(med["map"] * 1e3),
-                    fwd_cached_ms=num(med["fwd"] * 1e3),
-                    fwdbwd_cached_ms=num(med["fwdbwd"] * 1e3),
-                    peak_mem_growth_mib=num(_mem(r, args), "{:.1f}"),
-                    ratio_map=num(_ratio(med["map"], rmed.get("map")), "{:.3f}"),
-                    ratio_fwd_cached=num(_ratio(med["fwd"], rmed.get("fwd")), "{:.3f}"),
-                    ratio_fwdbwd_cached=num(_ratio(med["fwdbwd"], rmed.get("fwdbwd")), "{:.3f}"),
-                    ratio_peak_mem=num(_ratio(_mem(r, args), _mem(ref, args)), "{:.3f}"),
-                    other_load_cores=num(r.get("other_load_cores"), "{:.2f}"),
-                )
-                dd = cfg.get("diffs", {}).get(lib) or (
-                    {k: 0.0 for k in DIFF_KEYS} if lib == "sparseconv" else {}
-                )
+                row.update(status="ok", pairs=r["pairs"], timed_runs=r["n_times"],
+                           other_load_cores=num(r.get("other_load_cores"), "{:.2f}"))
+                for key, _ in MEASURES:
+                    row[f"{key}_ms" if key != "mem" else "peak_mem_mib"] = num(value(r, key, dev))
+                    if lib != "sparseconv":
+                        row[f"ratio_{key}"] = num(ratio(cfg, lib, key, dev), "{:.3f}")
                 for k in DIFF_KEYS:
-                    row[f"max_abs_diff_{k}"] = num(dd.get(k), "{:.3e}")
+                    row[f"max_abs_err_{k}"] = num(r.get("err_abs", {}).get(k), "{:.3e}")
+                for k in DIFF_KEYS[:3]:
+                    row[f"ref_max_{k}"] = num(r.get("ref_max", {}).get(k), "{:.4g}")
+                if lib == "spconv":
+                    row.update({f"pass_{k}": int(v) for k, v in ok.items()})
             wr.writerow(row)
+    u = results.get("unet") or {}
+    for r in u.get("rows", []):
+        wr.writerow({"kind": "unet_step", "voxels": r.get("voxels", u["voxels"]), "dtype": u["dtype"],
+                     "library": r["lib"], "device": dev, "tf32": int(args.allow_tf32),
+                     "status": "ok" if "step_ms" in r else f"unavailable: {r.get('error')}",
+                     "step_ms": num(r.get("step_ms")), "peak_mem_mib": num(r.get("peak_mib")),
+                     "ratio_fwdbwd": num(r.get("ratio") if r["lib"] == "spconv" else None, "{:.3f}")})
     return buf.getvalue()
 
 
 def plot(results: dict, path: str) -> None:
-    """Lines (log-log: time per phase and memory vs voxels, one column per C) when there are several scene
-    sizes; grouped bars (one panel per C) when there is one."""
+    """One panel per measure, one bar per configuration: ours / spconv (log scale, the target as a dashed line,
+    green where met) with both values written beside it; without spconv, our values. The U-Net step ratio is the
+    last bar of the forward + backward panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    args, configs = results["args"], results["configs"]
-    chans = sorted({c["C"] for c in configs})
-    libs = [lib for lib in LIBS if results["libs"].get(lib, {}).get("ok")]
-    colors = {"sparseconv": "#1f77b4", "spconv": "#ff7f0e", "open3d": "#2ca02c", "minkowskiengine": "#d62728"}
-    measures = [(k, f"{label} [ms]") for k, label in PHASES] + [("mem", "peak memory growth [MiB]")]
-
-    def value(r, key):
-        if "median_s" not in r:
-            return None
-        return _mem(r, args) if key == "mem" else r["median_s"][key] * 1e3
-
-    def fmt(y):
-        return f"{y:.0f}" if y >= 10 else f"{y:.1f}"
-
-    single = all(len([x for x in configs if x["C"] == c]) == 1 for c in chans)
-    if single:  # one scene size: bars, one panel per C (phases) plus one for memory
-        fig, axes = plt.subplots(
-            1,
-            2 * len(chans),
-            figsize=(7.5 * len(chans), 4.4),
-            squeeze=False,
-            gridspec_kw={"width_ratios": [3, 1.2] * len(chans)},
-        )
-        width = 0.8 / max(1, len(libs))
-        for j, c in enumerate(chans):
-            (cfg,) = [x for x in configs if x["C"] == c]
-            for ax, keys in ((axes[0][2 * j], measures[:-1]), (axes[0][2 * j + 1], measures[-1:])):
-                for li, lib in enumerate(libs):
-                    r = cfg["runs"].get(lib, {})
-                    ys = [value(r, k) for k, _ in keys]
-                    xs = [i + (li - (len(libs) - 1) / 2) * width for i in range(len(keys))]
-                    pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
-                    if not pts:
-                        continue
-                    bars = ax.bar(
-                        [x for x, _ in pts], [y for _, y in pts], width, color=colors[lib], label=LABEL[lib]
-                    )
-                    for bb, (_, y) in zip(bars, pts):
-                        ax.annotate(
-                            fmt(y), (bb.get_x() + bb.get_width() / 2, y), ha="center", va="bottom", fontsize=7
-                        )
-                ax.set_xticks(range(len(keys)))
-                ax.set_xticklabels(
-                    [lab.rsplit(" [", 1)[0].replace(", ", ",\n") for _, lab in keys], fontsize=8
-                )
-                ax.set_ylabel("MiB" if keys[0][0] == "mem" else "ms (median)")
-            axes[0][2 * j].set_title(f"C = {c} -> {c}, {cfg['scene']['voxels']:,} voxels")
-            axes[0][2 * j + 1].set_title("peak memory growth", fontsize=9)
-            axes[0][2 * j].legend(fontsize=8)
-    else:  # time per phase and memory vs voxels, one column per C
-        fig, axes = plt.subplots(
-            len(measures), len(chans), figsize=(4.4 * len(chans) + 0.6, 2.9 * len(measures)), squeeze=False
-        )
-        for j, c in enumerate(chans):
-            cfgs = sorted((x for x in configs if x["C"] == c), key=lambda x: x["scene"]["voxels"])
-            for i, (key, label) in enumerate(measures):
-                ax = axes[i][j]
-                for lib in libs:
-                    pts = [(cfg["scene"]["voxels"], value(cfg["runs"].get(lib, {}), key)) for cfg in cfgs]
-                    pts = [(x, max(y, 1e-3)) for x, y in pts if y is not None]
-                    if not pts:
-                        continue
-                    ax.plot(
-                        [x for x, _ in pts], [y for _, y in pts], "o-", color=colors[lib], label=LABEL[lib]
-                    )
-                    x, y = pts[-1]
-                    ax.annotate(
-                        fmt(y),
-                        (x, y),
-                        textcoords="offset points",
-                        xytext=(4, 2),
-                        fontsize=7,
-                        color=colors[lib],
-                    )
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                ax.yaxis.set_minor_formatter(NullFormatter())
-                ax.set_xticks([cfg["scene"]["voxels"] for cfg in cfgs])
-                ax.set_xticklabels([f"{cfg['scene']['voxels'] / 1000:.0f}k" for cfg in cfgs])
-                ax.xaxis.set_minor_formatter(NullFormatter())
-                ax.grid(True, which="both", alpha=0.3)
-                if i == 0:
-                    ax.set_title(f"C = {c} -> {c}")
-                if i == len(measures) - 1:
-                    ax.set_xlabel("active voxels")
-                if j == 0:
-                    ax.set_ylabel(label, fontsize=8)
-                if i == 0 and j == 0:
-                    ax.legend(fontsize=8)
+    args, dev, configs = results["args"], results["args"].device, results["configs"]
+    has_peer = results["libs"].get("spconv", {}).get("ok", False)
+    labels = [f"{c['kind']} {c['scene']['voxels'] / 1e3:,.0f}k C{c['C']} {c['dtype']}" for c in configs]
+    u = results.get("unet") or {}
+    urow = next((r for r in u.get("rows", []) if r["lib"] == "sparseconv" and "ratio" in r), None)
+    names = labels + ([f"U-Net step {u['voxels'] / 1e3:,.0f}k {u['dtype']}"] if urow and has_peer else [])
+    fig, axes = plt.subplots(1, 4, figsize=(20, max(3.0, 1.2 + 0.3 * len(names))), squeeze=False,
+                             sharey=True)
+    axes[0][0].invert_yaxis()  # first configuration on top (shared: once)
+    for ax, (key, label) in zip(axes[0], MEASURES):
+        ys, vals, cols = [], [], []
+        for c in configs:
+            a = value(c["runs"].get("sparseconv", {}), key, dev)
+            b = value(c["runs"].get("spconv", {}), key, dev) if has_peer else None
+            q = a / b if a is not None and b else None
+            ys.append(q if has_peer else a)
+            vals.append(f"{_num(a)} / {_num(b)}" if has_peer else _num(a))
+            cols.append("#bbbbbb" if q is None else ("#2ca02c" if q <= TARGET[key] else "#d62728"))
+        if len(names) > len(configs):  # the U-Net row: its step in the forward + backward panel only
+            sp = next((r for r in u["rows"] if r["lib"] == "spconv" and "step_ms" in r), {})
+            q = urow["ratio"] if key == "fwdbwd" else None
+            ys.append(q)
+            vals.append(f"{urow['step_ms']:.3g} / {sp.get('step_ms', float('nan')):.3g}" if q else "")
+            cols.append("#2ca02c" if q and q <= UNET_TARGET else "#d62728")
+        pos = list(range(len(ys)))
+        if has_peer:  # bars grow from 1x: left of it sparseconv is faster (smaller)
+            ax.barh(pos, [(y - 1.0) if y else 0 for y in ys], left=1.0, color=cols)
+            ax.set_xscale("log")
+            lo, hi = min([y for y in ys if y] + [0.5]), max([y for y in ys if y] + [2.0])
+            ax.set_xlim(lo / 1.5, hi * 4)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.axvline(TARGET[key], color="k", linestyle="--", linewidth=1)
+            ax.axvline(1.0, color="#888888", linewidth=0.8)
+            ax.set_xlabel(f"ours / spconv (target <= {TARGET[key]}x; labels: ours / spconv "
+                          f"{'MiB' if key == 'mem' else 'ms'})", fontsize=8)
+        else:
+            ax.barh(pos, [y or 0 for y in ys], color=cols)
+            ax.set_xlabel("MiB" if key == "mem" else "ms (median)", fontsize=8)
+        for p, y, v in zip(pos, ys, vals):
+            ax.annotate(v, (max(y or 1.0, 1.0) if has_peer else (y or 0), p), xytext=(3, 0),
+                        textcoords="offset points", va="center", fontsize=7)
+        ax.set_yticks(pos)
+        ax.set_yticklabels(names, fontsize=7)
+        ax.set_title(label, fontsize=9)
     m = results["machine"]
-    dev = f"{m['gpu']} (CUDA)" if m["device"] == "cuda" else f"{m['cpu']}, {m['threads']} threads"
-    fig.suptitle(
-        f"SubMConv3d 3x3x3 fp32, medians; {dev}\ntorch {m['torch']}; "
-        + ", ".join(f"{LABEL[lib]} {results['libs'][lib]['version']}" for lib in libs),
-        fontsize=9,
-    )
+    where = f"{m['gpu']} (CUDA {m['cuda']})" if dev == "cuda" else f"{m['cpu']}, {m['threads']} threads"
+    libs = ", ".join(f"{LABEL[k]} {a['version']}" for k, a in results["libs"].items() if a["ok"])
+    fig.suptitle(f"3x3x3 sparse convolutions C -> C, medians; {where}; torch {m['torch']}; {libs}"
+                 + ("; TF32 on" if args.allow_tf32 else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--quick", action="store_true", help="C = 32 and 50k voxels only (< 2 min)")
-    ap.add_argument("--voxels", type=int, nargs="+", help="scene sizes (default 50000 200000 800000)")
-    ap.add_argument("--channels", type=int, nargs="+", help="C of the C -> C layer (default 16 32 64)")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds per configuration, library order reversed")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per phase per round")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
-    ap.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)"
-    )
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--quick", action="store_true",
+                    help="cuda: 1M voxels, C = 64, fp16; cpu: 50k voxels, C = 32, fp32 (all kinds; U-Net smaller)")
+    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    ap.add_argument("--voxels", type=int, nargs="+", help="scene sizes (default 200000 1000000)")
+    ap.add_argument("--channels", type=int, nargs="+", help="C of the C -> C layer (default 32 64)")
+    ap.add_argument("--dtypes", nargs="+", choices=DTYPES, help="default: cuda fp16 bf16 fp32; cpu fp32")
+    ap.add_argument("--rounds", type=int, help="rounds, library order reversed every round (cpu 2, cuda 1)")
+    ap.add_argument("--repeats", type=int, help="timed runs per phase per round (cpu 3, cuda 20)")
+    ap.add_argument("--warmup", type=int, help="untimed runs before the timed ones (cpu 1, cuda 3)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     ap.add_argument("--libs", nargs="+", choices=LIBS, default=list(LIBS), help="libraries to try")
+    ap.add_argument("--allow-tf32", action="store_true", help="TF32 for float32 products in both libraries")
+    ap.add_argument("--no-unet", dest="unet", action="store_false", help="skip the U-Net training step")
+    ap.add_argument("--unet-voxels", type=int, help="U-Net scene (default cuda 1M; cpu 100k, --quick 5k)")
+    ap.add_argument("--unet-dtype", choices=("float32", "float16", "bfloat16"),
+                    help="U-Net autocast dtype (default cuda float16, cpu float32)")
+    ap.add_argument("--unet-repeats", type=int, help="U-Net steps timed (default 10, cpu --quick 3)")
+    ap.add_argument("--unet-warmup", type=int, help="U-Net warm-up steps (default 3, cpu --quick 1)")
     ap.add_argument("--voxel-size", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--budget",
-        type=float,
-        help="seconds; later runs are skipped past it "
-        "(default 100 with --quick, 1200 otherwise; with --child-timeout 240 a full run stays under 24 min)",
-    )
-    ap.add_argument(
-        "--phase-cap",
-        type=float,
-        default=15.0,
-        metavar="SECONDS",
-        help="stop a phase's timed calls once they would pass this (long calls get fewer repeats)",
-    )
-    ap.add_argument("--child-timeout", type=float, default=240.0, help="seconds one child may take")
-    ap.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="before each run, wait up to this long for other processes to leave the CPUs idle",
-    )
-    ap.add_argument("--out-dir", help="where the .csv/.png/.md go (default benchmarks/results)")
+    ap.add_argument("--scene-cache", help="folder of bench_cuda.py's scene files (.npz), made if missing")
+    ap.add_argument("--budget", type=float,
+                    help="seconds; later runs are skipped past it (default: --quick 170, full 1500 cuda, 3600 cpu)")
+    ap.add_argument("--phase-cap", type=float, default=15.0, metavar="SECONDS",
+                    help="stop a phase's timed calls once they pass this (long calls get fewer repeats)")
+    ap.add_argument("--child-timeout", type=float, default=300.0, help="seconds one child may take")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                    help="before each run, wait up to this long for other processes to leave the CPUs idle")
+    ap.add_argument("--out-dir", help="where the .md/.csv/.png go (default benchmarks/results)")
     ap.add_argument("--only", choices=LIBS, help=argparse.SUPPRESS)
-    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
-    ap.add_argument("--out-tensors", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    cuda = args.device == "cuda"
+    if args.voxels is None:
+        args.voxels = ([1_000_000] if cuda else [50_000]) if args.quick else [200_000, 1_000_000]
+    if args.channels is None:
+        args.channels = ([64] if cuda else [32]) if args.quick else [32, 64]
+    if args.dtypes is None:
+        args.dtypes = (["fp16"] if args.quick else list(DTYPES)) if cuda else ["fp32"]
+    for k, c, g in (("rounds", 1, 2), ("repeats", 20, 3), ("warmup", 3, 1)):
+        if getattr(args, k) is None:
+            setattr(args, k, c if cuda else g)
+    if args.unet_voxels is None:
+        args.unet_voxels = 1_000_000 if cuda else (5_000 if args.quick else 100_000)
+    args.unet_dtype = args.unet_dtype or ("float16" if cuda else "float32")
+    small = args.quick and not cuda
+    args.unet_repeats = args.unet_repeats or (3 if small else 10)
+    args.unet_warmup = args.unet_warmup if args.unet_warmup is not None else (1 if small else 3)
+    if args.budget is None:
+        args.budget = 170.0 if args.quick else (1500.0 if cuda else 3600.0)
+    if min(args.repeats, args.rounds, args.threads) < 1 or args.warmup < 0:
+        ap.error("--repeats, --rounds and --threads must be >= 1, --warmup >= 0")
     if args.only:
         run_child(args)
         return 0
-    if args.voxels is None:
-        args.voxels = [50000] if args.quick else [50000, 200000, 800000]
-    if args.channels is None:
-        args.channels = [32] if args.quick else [16, 32, 64]
-    if args.budget is None:
-        args.budget = 100.0 if args.quick else 1200.0
-    if min(args.repeats, args.rounds, args.threads) < 1 or args.warmup < 0:
-        ap.error("--repeats, --rounds and --threads must be >= 1, --warmup >= 0")
     return run_parent(args)
 
 

@@ -198,7 +198,8 @@ def write_outputs(rows, facts, args):
 def measure(args, log=print, coords=None, shape=None):
     """Both libraries' training steps on one scene (made here unless coords / shape are given): (rows, facts).
 
-    args: device, voxels, dtype, cin, classes, repeats, warmup, seed (as main's). A row: lib, device, dtype and
+    args: device, voxels, dtype, cin, classes, repeats, warmup, seed (as main's); optional: libs (default both),
+    timeout (seconds per child). A row: lib, device, dtype and
     step_ms, peak_mib, first_loss, voxels, ratio (ours / spconv), or error.
     """
     import tempfile
@@ -209,9 +210,9 @@ def measure(args, log=print, coords=None, shape=None):
     facts = bc.machine_facts()
     if args.device == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(0)
-    spconv_ok = peers.load_spconv() is not None
+    spconv_ok = "spconv" in getattr(args, "libs", LIBS) and peers.load_spconv() is not None
     log(f"machine: {facts['cpu']}, {facts['cores']} cores; {facts.get('gpu', 'no GPU')}; torch {torch.__version__}; "
-        f"spconv {peers.spconv_version() if spconv_ok else 'not importable: ' + str(peers.spconv_error())}")
+        f"spconv {peers.spconv_version() if spconv_ok else 'not used: ' + str(peers.spconv_error() or 'not requested')}")
     with tempfile.TemporaryDirectory() as tmp:
         if coords is None:
             feats, coords, shape, labels = scene(args.voxels, args.seed, args.cin, args.classes)
@@ -229,7 +230,7 @@ def measure(args, log=print, coords=None, shape=None):
         rows = []
         for lib in LIBS:
             if lib == "spconv" and not spconv_ok:
-                rows.append({"lib": lib, "error": peers.spconv_error()})
+                rows.append({"lib": lib, "error": peers.spconv_error() or "not requested"})
                 continue
             cmd = [sys.executable, str(Path(__file__).resolve()), "--lib", lib, "--data", data, "--weights", weights,
                    "--device", args.device, "--dtype", args.dtype, "--classes", str(args.classes),
