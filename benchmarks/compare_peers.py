@@ -38,10 +38,11 @@ over all rounds x repeats. On CUDA one child per library per scene runs all its 
 per library per configuration (clean RSS). Prints the machine facts and the table; writes
 ``results/compare_peers[_quick]_<device>.{md,csv,png}`` atomically (temporary file + os.replace).
 
-    python benchmarks/compare_peers.py --quick                  # CPU: 3 kinds at 50k voxels, C = 32, < 3 min
-    python benchmarks/compare_peers.py --device cuda --quick    # subm/strided/inverse 1M C=64 fp16 + U-Net, < 2 min
+    python benchmarks/compare_peers.py --quick                  # CPU: 3 kinds at 50k voxels, C = 32 (+ U-Net 5k)
+    python benchmarks/compare_peers.py --device cuda --quick    # subm/strided/inverse 1M C=64 fp16 + U-Net at 1M
     python benchmarks/compare_peers.py --device cuda            # issue 15's table: 3 kinds x 200k/1M x C 32/64 x
-                                                                # fp16/bf16/fp32, + U-Net (about 5 min on an H200)
+                                                                # fp16/bf16/fp32, + U-Net
+    (on the GPU machine: --scene-cache DIR reuses bench_cuda.py --prepare-scenes' scenes)
 Without CUDA (--device cuda) it says why and exits 0.
 """
 
@@ -63,7 +64,7 @@ from statistics import median
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bench_conv.py, peers.py, conv_runners.py, unet_step.py
 
-import bench_conv as bc  # noqa: E402  (machine facts, RSS, load, scene voxelization)
+import bench_conv as bc  # machine facts, RSS, load, scene voxelization
 
 LIBS = ("sparseconv", "spconv", "open3d", "minkowskiengine")
 LABEL = {"sparseconv": "sparseconv", "spconv": "spconv", "open3d": "Open3D", "minkowskiengine": "MinkowskiEngine"}
@@ -167,9 +168,8 @@ def timed(fn, setup, repeats: int, warmup: int, cuda: bool, cap: float) -> list:
 
 def measure_config(lib: str, cfg: dict, scene: dict, args, dev, outputs: bool) -> dict:
     """One configuration in this child: timings, memory and (if `outputs`) the difference to the reference."""
-    import torch
-
     import conv_runners as cr
+    import torch
 
     cuda = dev.type == "cuda"
     gc.collect()
@@ -196,7 +196,7 @@ def measure_config(lib: str, cfg: dict, scene: dict, args, dev, outputs: bool) -
     def fwdbwd(x):
         runner.forward(x).backward(grad_out)
 
-    T = dict(repeats=args.repeats, warmup=args.warmup, cuda=cuda, cap=args.phase_cap)
+    T = {"repeats": args.repeats, "warmup": args.warmup, "cuda": cuda, "cap": args.phase_cap}
     res["times"] = {"map": timed(runner.build_map, lambda: None, **T)}
     with torch.no_grad():
         res["times"]["fwd"] = timed(runner.forward, lambda: runner.with_cache(feats), **T)
@@ -210,7 +210,6 @@ def measure_config(lib: str, cfg: dict, scene: dict, args, dev, outputs: bool) -
         res["omp_threads"] = runner.peers.omp_threads()
     if outputs:
         res.update(output_check(lib, runner, cfg, scene, d, feats, grad_out, (w32, b32, f32, g32), dev))
-    del runner
     return res
 
 

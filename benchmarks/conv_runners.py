@@ -50,7 +50,7 @@ class SparseconvRunner:
         self.sc, self.kind = sparseconv, kind
         w, b = d["weight"], d["bias"]
         cin, cout = w.shape[3], w.shape[4]
-        kw = dict(device=device, dtype=w.dtype)
+        kw = {"device": device, "dtype": w.dtype}
         self.coords, self.shape = d["coords"], list(d["spatial_shape"])
         base = sparseconv.SparseTensor(torch.zeros(self.coords.shape[0], cin, **kw), self.coords,
                                        spatial_shape=self.shape, batch_size=1)

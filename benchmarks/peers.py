@@ -215,7 +215,8 @@ def spconv_indice_data(conv, indices: torch.Tensor, spatial_shape: Sequence[int]
     ss = list(spatial_shape)
     out_ss = ss if subm else ops.get_conv_output_size(ss, ksize, stride, padding, dil)
     indices = indices.to(torch.int32).contiguous()
-    common = dict(is_subm=subm, algo=conv.algo, ksize=ksize, stride=stride, padding=padding, dilation=dil)
+    common = {"is_subm": subm, "algo": conv.algo, "ksize": ksize, "stride": stride, "padding": padding,
+              "dilation": dil}
     if conv.algo == ConvAlgo.Native:
         outids, pairs, pair_num = ops.get_indice_pairs(indices, int(batch_size), ss, conv.algo, ksize, stride,
                                                        padding, dil, out_padding, subm, False)

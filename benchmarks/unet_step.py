@@ -199,14 +199,14 @@ def measure(args, log=print, coords=None, shape=None):
     """Both libraries' training steps on one scene (made here unless coords / shape are given): (rows, facts).
 
     args: device, voxels, dtype, cin, classes, repeats, warmup, seed (as main's); optional: libs (default both),
-    timeout (seconds per child). A row: lib, device, dtype and
-    step_ms, peak_mib, first_loss, voxels, ratio (ours / spconv), or error.
+    timeout (seconds per child). A row: lib, device, dtype and step_ms, peak_mib, first_loss, voxels, ratio
+    (ours / spconv), or error.
     """
     import tempfile
 
+    import peers
     import torch
 
-    import peers
     facts = bc.machine_facts()
     if args.device == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(0)
@@ -236,7 +236,8 @@ def measure(args, log=print, coords=None, shape=None):
                    "--device", args.device, "--dtype", args.dtype, "--classes", str(args.classes),
                    "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=getattr(args, "timeout", None))
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                                      timeout=getattr(args, "timeout", None))
             except subprocess.TimeoutExpired:
                 rows.append({"lib": lib, "error": f"timed out after {args.timeout:.0f} s"})
                 continue
