@@ -532,7 +532,7 @@ def run_parent(args) -> int:
                     last[lib] = (wall, work)
         unet = None
         if args.unet:
-            unet = run_unet(args, unet_scene, t_start)
+            unet = run_unet(args, unet_scene, t_start, usable)
     for c in configs:
         c["runs"] = runs.get(cfg_id(c), {})
         c["scene"] = {k: v for k, v in c["scene"].items() if k != "path"}
@@ -553,7 +553,7 @@ def run_parent(args) -> int:
     return 0
 
 
-def run_unet(args, scene, t_start):
+def run_unet(args, scene, t_start, usable):
     """unet_step.py's training step, both libraries (its own fresh processes): {"rows", "args"} or None."""
     import unet_step
 
@@ -563,7 +563,7 @@ def run_unet(args, scene, t_start):
         return {"skipped": f"{left:.0f} s of --budget left"}
     ua = argparse.Namespace(device=args.device, voxels=args.unet_voxels, dtype=args.unet_dtype, cin=4, classes=8,
                             repeats=args.unet_repeats, warmup=args.unet_warmup, seed=args.seed,
-                            timeout=args.child_timeout, libs=args.libs)
+                            timeout=args.child_timeout, libs=usable)
     print(f"[compare] U-Net step at {args.unet_voxels:,} voxels, {args.unet_dtype} "
           f"({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
     if scene is None and args.scene_cache:
