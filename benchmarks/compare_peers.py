@@ -938,8 +938,9 @@ def main(argv=None) -> int:
     ap.add_argument("--voxels", type=int, nargs="+", help="scene sizes (default 200000 1000000)")
     ap.add_argument("--channels", type=int, nargs="+", help="C of the C -> C layer (default 32 64)")
     ap.add_argument("--dtypes", nargs="+", choices=DTYPES, help="default: cuda fp16 bf16 fp32; cpu fp32")
-    ap.add_argument("--rounds", type=int, help="rounds, library order reversed every round (cpu 2, cuda 1)")
-    ap.add_argument("--repeats", type=int, help="timed runs per phase per round (cpu 3, cuda 20)")
+    ap.add_argument("--rounds", type=int,
+                    help="rounds, library order reversed every round (cpu 2, --quick 1; cuda 1)")
+    ap.add_argument("--repeats", type=int, help="timed runs per phase per round (cpu 3, --quick 5; cuda 20)")
     ap.add_argument("--warmup", type=int, help="untimed runs before the timed ones (cpu 1, cuda 3)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     ap.add_argument("--libs", nargs="+", choices=LIBS, default=list(LIBS), help="libraries to try")
@@ -972,15 +973,15 @@ def main(argv=None) -> int:
         args.channels = ([64] if cuda else [32]) if args.quick else [32, 64]
     if args.dtypes is None:
         args.dtypes = (["fp16"] if args.quick else list(DTYPES)) if cuda else ["fp32"]
-    for k, c, g in (("rounds", 1, 2), ("repeats", 20, 3), ("warmup", 3, 1)):
+    quick_cpu = args.quick and not cuda  # one round of more runs: 6 child processes, U-Net included, ~2 min here
+    for k, c, g in (("rounds", 1, 1 if quick_cpu else 2), ("repeats", 20, 5 if quick_cpu else 3), ("warmup", 3, 1)):
         if getattr(args, k) is None:
             setattr(args, k, c if cuda else g)
     if args.unet_voxels is None:
         args.unet_voxels = 1_000_000 if cuda else (5_000 if args.quick else 100_000)
     args.unet_dtype = args.unet_dtype or ("float16" if cuda else "float32")
-    small = args.quick and not cuda
-    args.unet_repeats = args.unet_repeats or (3 if small else 10)
-    args.unet_warmup = args.unet_warmup if args.unet_warmup is not None else (1 if small else 3)
+    args.unet_repeats = args.unet_repeats or (3 if quick_cpu else 10)
+    args.unet_warmup = args.unet_warmup if args.unet_warmup is not None else (1 if quick_cpu else 3)
     if args.budget is None:
         args.budget = 170.0 if args.quick else (1500.0 if cuda else 3600.0)
     if min(args.repeats, args.rounds, args.threads) < 1 or args.warmup < 0:
