@@ -24,8 +24,8 @@
 #   classify  `sparseconv classify` of one generated tile with --device cpu and --device cuda: the classes must be
 #             the same (points that differ are counted and printed).
 #   bench     benchmarks/bench_cuda.py with its own time budget; it rewrites bench_cuda.json after every figure.
-#             Then benchmarks/unet_step.py --device cuda (a 4-level U-Net training step, spconv's layers against
-#             ours) when the spconv build is carried in .peers/ (../shared/peers/README.md: copy the tar.xz into
+#             Then benchmarks/compare_peers.py --device cuda --quick (issue 15's table: subm / strided / inverse
+#             and the U-Net training step against spconv) when the spconv build is carried in .peers/ (../shared/peers/README.md: copy the tar.xz into
 #             .peers/, which .git/info/exclude ignores, and name .peers in the device tool's carry).
 #   sanitize  compute-sanitizer memcheck, then racecheck, then initcheck on test_sanitizer_smoke (every kernel
 #             variant once, tiny sizes, PyTorch's caching allocator off so out-of-bounds accesses are seen).
@@ -482,21 +482,22 @@ if want bench; then
     record bench "rc=$rc" "$(( $(date +%s) - t0 ))"
     echo "bench: rc=$rc"
   fi
-  # The whole-network step against spconv (issue 15's U-Net row), with the spconv build carried in .peers/.
+  # Issue 15's table against spconv (subm / strided / inverse at 1M voxels, C = 64, fp16, and the U-Net training
+  # step), with the spconv build carried in .peers/.
   PEER=$(ls .peers/spconv-*.tar.xz 2>/dev/null | head -1)
-  T=$(min 120 $(( $(left) - reserve )))
+  T=$(min 200 $(( $(left) - reserve )))
   if [ -z "$PEER" ]; then
-    echo "unet_step: no .peers/spconv-*.tar.xz in the checkout (../shared/peers/README.md), skipped"
-  elif [ "$T" -lt 45 ]; then
-    echo "unet_step: only $T s left, skipped"
+    echo "compare_peers: no .peers/spconv-*.tar.xz in the checkout (../shared/peers/README.md), skipped"
+  elif [ "$T" -lt 60 ]; then
+    echo "compare_peers: only $T s left, skipped"
   else
     t0=$(date +%s)
     $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$PEER" "$W/peers"
-    PYTHONPATH="$W/peers" timeout -k 10 "$T" $PY benchmarks/unet_step.py --device cuda > "$W/unet_step.log" 2>&1
-    echo "unet_step: rc=$?"
-    grep -E '^\|' "$W/unet_step.log"
-    cp -f benchmarks/results/unet_step_cuda.* "$W/" 2>/dev/null
-    record unet_step "" "$(( $(date +%s) - t0 ))"
+    PYTHONPATH="$W/peers" timeout -k 10 "$T" $PY benchmarks/compare_peers.py --device cuda --quick \
+      --scene-cache "$W/scenes" --budget $(( T - 20 )) --out-dir "$W" > "$W/compare_peers.log" 2>&1
+    echo "compare_peers: rc=$?"
+    grep -E '^\||^targets|^U-Net|^- (GPU|TF32|spconv)' "$W/compare_peers.log"
+    record compare_peers "" "$(( $(date +%s) - t0 ))"
   fi
   pack_extras
 fi
