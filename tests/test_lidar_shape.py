@@ -121,3 +121,7 @@ def test_uncertain_water_is_left_unclassified():
     assert decide(score, codes).tolist() == [1, 9, 2, 1]
     assert decide(score, codes, water_min_prob=0.6).tolist() == [9, 9, 2, 9]
     assert decide(score[:, 1:], [2, 9]).tolist() == [9, 9, 2, 9]  # no unclassified output: nothing to fall back to
+
+
+def test_models_without_shape_features_pay_nothing():
+    assert shape_features(_pts([0.0, 1.0], [0.0, 1.0], [0.0, 1.0]), list(BASE_FEATURES)) == {}

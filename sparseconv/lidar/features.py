@@ -227,9 +227,9 @@ def shape_features(pts, names):
     points. classify computes them once per block (as it does the ground) and carries them in pts, so that
     overlapping windows reuse them. One pass over the points at the fine scale (moments by bincount, column
     extremes by scatter_reduce); the coarse scale aggregates fine cells."""
-    n_pts = pts["x"].size
-    if n_pts == 0:
-        return {k: np.zeros(0, np.float32) for k in names if k in SHAPE_FEATURES}
+    wanted = [k for k in names if k in SHAPE_FEATURES]
+    if not wanted or pts["x"].size == 0:  # a model without them (older checkpoints) pays nothing
+        return {k: np.zeros(pts["x"].size, np.float32) for k in wanted}
     fine, coarse = SHAPE_SCALES
     c = [pts[k] - pts[k].min() for k in ("x", "y", "z")]
     k = [(a / fine).astype(np.int64) for a in c]
