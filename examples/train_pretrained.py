@@ -26,12 +26,13 @@ from sparseconv.lidar.features import feature_names
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_tiles(folder, n, seed, single_return=0.3, density=(1.0, 30.0)):
+def make_tiles(folder, n, seed, single_return=0.3, density=(1.0, 30.0), indices=None):
     """Tile i: its own seed, a density drawn log-uniformly in `density` pulses/m2 and, with probability
-    single_return, a single-return sensor, all from (seed, i). Thinning in training reaches lower densities."""
+    single_return, a single-return sensor, all from (seed, i). Thinning in training reaches lower densities.
+    indices: generate only these (several processes can share the work; existing tiles are kept)."""
     os.makedirs(folder, exist_ok=True)
     paths = []
-    for i in range(n):
+    for i in (range(n) if indices is None else indices):
         ss = np.random.SeedSequence([seed, i])
         rng = np.random.default_rng(ss)
         path = os.path.join(folder, f"tile_{i:04d}.laz")
