@@ -18,7 +18,8 @@ Features (names stored in a model's checkpoint, in this order):
   l1 >= l2 >= l3 of the covariance of the points sharing the point's s-metre 3D cell give ``lin{s}``
   (l1 - l2) / l1, ``pla{s}`` (l2 - l3) / l1, ``sca{s}`` l3 / l1, ``ver{s}`` 1 - |n_z| of the normal (the l3
   eigenvector) and ``rough{s}`` sqrt(l3) in metres: a roof is planar and smooth at both scales, a canopy seen
-  by a single-return sensor is rough and scattered, a wall vertical. Cells of fewer than 3 points give 0.
+  by a single-return sensor is rough and scattered, a wall vertical. Cells of fewer than MIN_CELL_POINTS
+  points give 0: three points are always a perfect plane, four or five a line or a plane by chance.
   ``top{s}``, ``relief{s}``: the point's depth below the highest point, and the height above the lowest,
   of its s-metre column (clipped to 0..40 m): height above ground at more than one scale, without the filter.
   They depend only on geometry, so they hold for single-return, intensity-free and colour-free files.
@@ -35,6 +36,7 @@ SHAPE_SCALES = (2, 4)  # nested (the coarse cells are 2 x 2 x 2 fine ones): the 
 SHAPE_FEATURES = tuple(f"{k}{s}" for s in SHAPE_SCALES for k in ("lin", "pla", "sca", "ver", "rough", "top", "relief"))
 HAG_RANGE = (-10.0, 80.0)
 COLUMN_RANGE = (0.0, 40.0)
+MIN_CELL_POINTS = 6  # fewer: the covariance's shape is chance (sparse vegetation would look like wires)
 
 
 def intensity_lut(hist):
@@ -203,7 +205,7 @@ def _eigen_table(m):
     """[C, 5] float32 (lin, pla, sca, ver, rough) from per-cell moments m [10, C]: n, sums of x, y, z, and of
     xx, xy, xz, yy, yz, zz (coordinates from the block's corner: float64 keeps centimetres of variance)."""
     n = m[0]
-    big = np.flatnonzero(n >= 3)
+    big = np.flatnonzero(n >= MIN_CELL_POINTS)
     nb = n[big]
     mean = m[1:4, big] / nb
     cov = [m[4 + r, big] / nb - mean[a] * mean[b]
