@@ -125,3 +125,15 @@ def test_uncertain_water_is_left_unclassified():
 
 def test_models_without_shape_features_pay_nothing():
     assert shape_features(_pts([0.0, 1.0], [0.0, 1.0], [0.0, 1.0]), list(BASE_FEATURES)) == {}
+
+
+def test_cli_generate_single_return(tmp_path):
+    import laspy
+
+    from sparseconv.cli import main
+
+    assert main(["generate", str(tmp_path), "--tiles", "1", "--size", "30", "--density", "3", "--single-return",
+                 "--scene", "forest", "--quiet"]) == 0
+    las = laspy.read(next(tmp_path.glob("*.laz")))
+    assert len(las.points) > 100
+    assert np.all(np.asarray(las.return_number) == 1) and np.all(np.asarray(las.number_of_returns) == 1)
