@@ -7,7 +7,8 @@ For every file: the model classifies it (sparseconv.lidar.classify_file, as `spa
   accuracy, kappa and ground IoU, for the model and for CSF;
 * classes (vegetation 3/4/5 merged; references 0, 1 "unclassified" and codes >= 64 left out, since they say
   nothing about what the point is): overall accuracy, kappa, per-class IoU.
-Prints markdown tables and writes a confusion PNG per file into --out-dir.
+Prints markdown tables and writes a confusion PNG per file into --out-dir, plus confusion_all.png: every file's
+ground / non-ground confusion for the model and for CSF side by side, and its class confusion.
 
     pip install cloth-simulation-filter        # the classical baseline (optional: skipped when missing)
     python examples/evaluate_pretrained.py     # files from ../shared/data/las
@@ -123,7 +124,38 @@ def ground_scores(ref, is_ground):
     keep = ~np.isin(ref, NOISE)
     cm = confusion_matrix((ref[keep] == 2).astype(np.int64), is_ground[keep].astype(np.int64), [0, 1])
     s = scores(cm)
-    return s["overall_accuracy"], s["kappa"], s["iou"][1]
+    return s["overall_accuracy"], s["kappa"], s["iou"][1], cm
+
+
+def plot_panels(panels, path):
+    """One row per file: row-normalised confusion matrices (title, cm, labels), shares printed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncol = max(len(row) for row in panels)
+    fig, axes = plt.subplots(len(panels), ncol, figsize=(3.6 * ncol, 3.4 * len(panels)), squeeze=False)
+    for r, row in enumerate(panels):
+        for c in range(ncol):
+            ax = axes[r][c]
+            if c >= len(row):
+                ax.axis("off")
+                continue
+            title, cm, labels = row[c]
+            norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+            ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+            ax.set_xticks(range(len(labels)), labels, fontsize=7)
+            ax.set_yticks(range(len(labels)), labels, fontsize=7)
+            ax.set_title(title, fontsize=8)
+            ax.set_xlabel("predicted", fontsize=7)
+            ax.set_ylabel("reference", fontsize=7)
+            for i in range(len(labels)):
+                for j in range(len(labels)):
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main():
@@ -137,7 +169,7 @@ def main():
         raise SystemExit("no labelled files: pass some, or put ../shared/data/las beside the project")
     os.makedirs(args.out_dir, exist_ok=True)
     model, config, _ = load_checkpoint(args.model)
-    ground_rows, class_rows = [], []
+    ground_rows, class_rows, panels = [], [], []
     for path in files:
         name = os.path.basename(path)
         xyz, ref = read(path)
@@ -152,8 +184,14 @@ def main():
         t0 = time.perf_counter()
         csf = csf_ground(xyz, res)
         t_csf = time.perf_counter() - t0
-        ours = ground_scores(ref, pred == 2)
-        theirs = ground_scores(ref, csf) if csf is not None else (float("nan"),) * 3
+        *ours, cm_ours = ground_scores(ref, pred == 2)
+        row = [(f"{name}: model, ground / non-ground", cm_ours, ["non-g", "ground"])]
+        if csf is not None:
+            *theirs, cm_csf = ground_scores(ref, csf)
+            row.append((f"{name}: CSF, ground / non-ground", cm_csf, ["non-g", "ground"]))
+        else:
+            theirs = (float("nan"),) * 3
+        panels.append(row)
         ground_rows.append((name, len(ref), density, *ours, t_model, *theirs, t_csf, res))
         lut = np.arange(256)
         for a, b in VEG.items():
@@ -169,6 +207,7 @@ def main():
                                ", ".join(f"{c}: {iou:.2f}" for c, iou in zip(classes, s["iou"]))))
             png = os.path.join(args.out_dir, os.path.splitext(name)[0] + "_confusion.png")
             plot_confusion(cm, classes, png)
+            panels[-1].append((f"{name}: model, classes (3/4/5 -> 5)", cm, [str(c) for c in classes]))
     print("\nGround / non-ground (reference code 2 vs the rest; noise left out)\n")
     print("| file | points | pts/m2 | model OA | model kappa | model ground IoU | model s "
           "| CSF OA | CSF kappa | CSF ground IoU | CSF s | CSF cloth res. (m) |")
@@ -183,7 +222,8 @@ def main():
         print("|---|---|---|---|---|")
         for name, n, oa, kappa, ious in class_rows:
             print(f"| {name} | {n:,} | {oa:.3f} | {kappa:.3f} | {ious} |")
-    print(f"\nconfusion PNGs in {args.out_dir}")
+    plot_panels(panels, os.path.join(args.out_dir, "confusion_all.png"))
+    print(f"\nconfusion PNGs in {args.out_dir} (all files: confusion_all.png)")
 
 
 if __name__ == "__main__":

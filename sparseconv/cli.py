@@ -93,6 +93,8 @@ def cmd_generate(args):
     if args.tiles < 1:
         raise ValueError(f"--tiles: expected at least 1, got {args.tiles}")
     kwargs = {"scene": args.scene} if args.scene else {}
+    if args.single_return:
+        kwargs["single_return"] = True
     paths = generate_tiles(args.out_dir, args.tiles, seed=args.seed, size_m=args.size, density=args.density,
                            suffix="." + args.format, progress=not args.quiet, **kwargs)
     print(f"wrote {len(paths)} tiles to {args.out_dir}")
@@ -208,6 +210,8 @@ def build_parser():
     p.add_argument("--density", type=float, default=8.0, help="pulses per m2 (default 8)")
     p.add_argument("--scene", choices=["rural", "suburban", "urban", "forest"], help="default: random per tile")
     p.add_argument("--format", choices=["las", "laz"], default="laz")
+    p.add_argument("--single-return", action="store_true",
+                   help="a sensor recording one return per pulse (the first hit): every point is return 1 of 1")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
 

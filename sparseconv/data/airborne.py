@@ -846,7 +846,7 @@ class _Scene:
             else:
                 cx, cy, rx, ry = U(0, S), U(0, S), U(0.2, 0.5) * S, U(0.2, 0.5) * S
             conifer_p = float(rng.choice((0.0, U(0, 1), 1.0), p=(0.4, 0.3, 0.3)))
-            hmean = U(10.0, 25.0)
+            hmean = U(10.0, 32.0)
             sp = hmean * U(0.25, 0.45)
             xs = np.arange(cx - rx, cx + rx, sp)
             ys = np.arange(cy - ry, cy + ry, sp)
@@ -856,7 +856,7 @@ class _Scene:
             keep = (((TX - cx) / rx) ** 2 + ((TY - cy) / ry) ** 2 <= 1) & (rng.random(TX.size) < 0.85)
             keep &= (TX > -_MARGIN + 2) & (TX < S + _MARGIN - 2) & (TY > -_MARGIN + 2) & (TY < S + _MARGIN - 2)
             keep &= self._free(TX, TY)
-            hs = np.clip(rng.normal(hmean, 2.5, TX.size), 5.0, 32.0)
+            hs = np.clip(rng.normal(hmean, 2.5 + 0.1 * hmean, TX.size), 5.0, 45.0)  # uneven canopies
             for x, y, h in zip(TX[keep], TY[keep], hs[keep]):
                 self._tree(float(x), float(y), float(h), conifer_p, r_max=0.5 * sp * U(0.9, 1.3))
             # understory
@@ -875,14 +875,24 @@ class _Scene:
         xs, ys = rng.uniform(-5, S + 5, 3 * n + 1), rng.uniform(-5, S + 5, 3 * n + 1)
         ok = self._free(xs, ys)
         for x, y in list(zip(xs[ok], ys[ok]))[:n]:
-            self._tree(float(x), float(y), U(4.0, 18.0), 0.25)
+            self._tree(float(x), float(y), U(4.0, 18.0) if rng.random() < 0.6 else U(15.0, 40.0), 0.25)
+        # big old trees beside houses: their crowns spread over the roofs (suburbs under tall canopy)
+        if sc in ("suburban", "urban") and len(oy):
+            m = int(rng.integers(0, {"suburban": 6, "urban": 3}[sc] + 1))
+            pick = rng.integers(0, len(oy), 4 * m + 1)
+            ang = rng.uniform(0, 2 * math.pi, pick.size)
+            off = rng.uniform(3.0, 7.0, pick.size)
+            tx, ty = oax[ox[pick]] + off * np.cos(ang), oax[oy[pick]] + off * np.sin(ang)
+            ok = ~self.dem.nearest(near_bld, tx, ty) & (np.abs(tx - S / 2) < S / 2 + 5) & (np.abs(ty - S / 2) < S / 2 + 5)
+            for x, y in list(zip(tx[ok], ty[ok]))[:m]:
+                self._deciduous(float(x), float(y), U(12.0, 35.0), r_max=U(6.0, 11.0))
         # street trees
         if sc in ("urban", "suburban"):
             for r in self.roads:
                 if rng.random() < 0.6:
                     line = r["line"]
                     step, off = U(7.0, 14.0), r["width"] / 2 + r["walk"] + U(0.3, 1.5)
-                    h = U(6.0, 15.0)
+                    h = U(6.0, 20.0)
                     for side in (-1.0, 1.0):
                         for u in np.arange(U(0, step), line.cum[-1], step):
                             x, y, a = line.point(u)
@@ -934,7 +944,7 @@ class _Scene:
             m = (np.abs(u) <= L / 2) & (np.abs(v) <= W / 2) & (self.kind != _ROAD) & (self.kind != _PAVED) & grow
             m &= ~self.blocked | (self.kind == _GRASS) | (self.kind == _SOIL)
             m &= ~near_bld
-            h = U(0.15, 1.2) if crop else U(0.08, 0.4)
+            h = U(0.05, 2.0) if crop else U(0.08, 0.4)  # crops from stubble to maize
             hf = h * (1.0 + 0.15 * _noise(rng, g, 3.0))
             self.lv_h[m] = np.maximum(self.lv_h[m], hf[m])
             self.lv_mu[m] = U(2.0, 5.0) if crop else U(3.0, 8.0)
@@ -1406,7 +1416,7 @@ def _simulate_returns(rng, P, t_solid, porous, wires, dead_zone, p_stop):
 
 
 def generate_tile(seed: int, size_m=100.0, density=8.0, *, scene=None, water=None, power_line=None,
-                  max_scan_angle=20.0, origin=None, return_hag=False):
+                  max_scan_angle=20.0, origin=None, return_hag=False, single_return=False):
     """One generated airborne LiDAR tile (``size_m`` x ``size_m`` metres) with ASPRS labels.
 
     seed: the tile depends only on the arguments. density: emitted pulses per m^2, i.e. first returns per m^2
@@ -1417,7 +1427,8 @@ def generate_tile(seed: int, size_m=100.0, density=8.0, *, scene=None, water=Non
     gets a bridge where a road crosses it. power_line: None (random), True or False. max_scan_angle: degrees
     either side of nadir. origin: (x0, y0) of the tile's lower-left corner in projected metres; by default
     a seed-dependent offset near (650000, 6860000) on a ``size_m`` grid. return_hag: also return
-    ``height_above_ground`` (float32, metres above the generated terrain).
+    ``height_above_ground`` (float32, metres above the generated terrain). single_return: a sensor that records
+    one return per pulse, the first surface hit (every point return 1 of 1; canopies then show only their tops).
 
     Returns a dict of NumPy arrays, one row per return, ordered by gps_time then return number: x, y, z
     (float64, metres, rounded to 0.01), intensity (uint16), return_number, number_of_returns (uint8,
@@ -1558,6 +1569,10 @@ def generate_tile(seed: int, size_m=100.0, density=8.0, *, scene=None, water=Non
     start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
     ret_num = np.arange(rp.size) - start[rp] + 1
     n_ret = cnt[rp]
+    if single_return:
+        first = np.flatnonzero(ret_num == 1)
+        rp, cls, inten, x, y, z, hag = rp[first], cls[first], inten[first], x[first], y[first], z[first], hag[first]
+        ret_num = n_ret = np.ones(first.size, np.int64)
     inside = (x >= 0) & (x < S) & (y >= 0) & (y < S)
     sel = np.flatnonzero(inside)
     rp = rp[sel]

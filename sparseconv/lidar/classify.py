@@ -21,7 +21,8 @@ import torch
 
 from ..io import LasError, read_chunks, write_classified
 from ..io.las import _open
-from .features import height_above_ground
+from .decide import decide
+from .features import height_above_ground, shape_features
 from .source import RGB, FileStats, record_arrays
 from .windows import grid_shape, make_batch, split_by_id, tile_index, window_members
 
@@ -85,6 +86,7 @@ def _classify_part(pts, rows, part, block, model, labels, codes, lo, tile, overl
     ntx, nty = grid
     # The ground estimate sees the part and its margin: the same context the windows get.
     hag = height_above_ground(pts["x"], pts["y"], pts["z"])
+    pts = {**pts, **shape_features(pts, names)}  # once per part, like the ground; the windows slice them
     win, ids = window_members(pts["x"], pts["y"], lo[0], lo[1], tile, overlap, ntx, nty)
     wi, wj = ids // nty, ids % nty
     mine = _in_square(wi, wj, block)
@@ -105,7 +107,7 @@ def _classify_part(pts, rows, part, block, model, labels, codes, lo, tile, overl
     own = _in_square(ti, tj, block)
     if part != block:
         own &= _in_square(ti, tj, part)
-    labels[rows[own]] = codes[score[torch.from_numpy(own)].argmax(1).numpy()]
+    labels[rows[own]] = decide(score[torch.from_numpy(own)], codes)
     return int(own.sum())
 
 

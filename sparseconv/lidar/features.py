@@ -12,7 +12,17 @@ Features (names stored in a model's checkpoint, in this order):
 * ``first``, ``last``, ``returns``: return_number == 1, return_number == number_of_returns, and
   min(number_of_returns, 5) / 5 (vegetation gives several returns per pulse, roofs and ground one);
 * ``dz``: the point's height within its voxel (0..1), so that points sharing a voxel can still differ;
-* ``red``, ``green``, ``blue``: colour scaled to 0..1 (8-bit or 16-bit storage detected per file), when present.
+* ``red``, ``green``, ``blue``: colour scaled to 0..1 (8-bit or 16-bit storage detected per file), when present;
+* shape features (models trained since issue 16; older checkpoints list only the names above and get exactly
+  the inputs they were trained with): for each scale s in SHAPE_SCALES (metres), the eigenvalues
+  l1 >= l2 >= l3 of the covariance of the points sharing the point's s-metre 3D cell give ``lin{s}``
+  (l1 - l2) / l1, ``pla{s}`` (l2 - l3) / l1, ``sca{s}`` l3 / l1, ``ver{s}`` 1 - |n_z| of the normal (the l3
+  eigenvector) and ``rough{s}`` sqrt(l3) in metres: a roof is planar and smooth at both scales, a canopy seen
+  by a single-return sensor is rough and scattered, a wall vertical. Cells of fewer than MIN_CELL_POINTS
+  points give 0: three points are always a perfect plane, four or five a line or a plane by chance.
+  ``top{s}``, ``relief{s}``: the point's depth below the highest point, and the height above the lowest,
+  of its s-metre column (clipped to 0..40 m): height above ground at more than one scale, without the filter.
+  They depend only on geometry, so they hold for single-return, intensity-free and colour-free files.
 """
 import math
 
@@ -22,7 +32,11 @@ import torch.nn.functional as F
 
 BASE_FEATURES = ("hag", "intensity", "first", "last", "returns", "dz")
 RGB_FEATURES = ("red", "green", "blue")
+SHAPE_SCALES = (2, 4)  # nested (the coarse cells are 2 x 2 x 2 fine ones): the coarse scale costs no pass over points
+SHAPE_FEATURES = tuple(f"{k}{s}" for s in SHAPE_SCALES for k in ("lin", "pla", "sca", "ver", "rough", "top", "relief"))
 HAG_RANGE = (-10.0, 80.0)
+COLUMN_RANGE = (0.0, 40.0)
+MIN_CELL_POINTS = 6  # fewer: the covariance's shape is chance (sparse vegetation would look like wires)
 
 
 def intensity_lut(hist):
@@ -143,8 +157,115 @@ def height_above_ground(x, y, z, min_cell=1.0):
     return (z - sample_grid(grid, x0, y0, cell, x, y)).astype(np.float32)
 
 
-def feature_names(has_rgb):
-    return BASE_FEATURES + (RGB_FEATURES if has_rgb else ())
+def feature_names(has_rgb, shape=True):
+    return BASE_FEATURES + (SHAPE_FEATURES if shape else ()) + (RGB_FEATURES if has_rgb else ())
+
+
+def _compact(keys):
+    """(dense ids 0..n-1 of integer keys >= 0, n, the keys of the ids): a bincount over the key range when it is
+    small enough (several times faster than sorting), else np.unique."""
+    if keys.size and int(keys.max()) < max(8 * keys.size, 1 << 22):
+        occupied = np.bincount(keys) > 0
+        ids = np.cumsum(occupied) - 1
+        return ids[keys], int(ids[-1]) + 1, np.flatnonzero(occupied)
+    uniq, inv = np.unique(keys, return_inverse=True)
+    return inv.ravel(), uniq.size, uniq
+
+
+def _sym3_eigen(a00, a01, a02, a11, a12, a22):
+    """Eigenvalues l1 >= l2 >= l3 of symmetric 3x3 matrices (closed form, Smith 1961) and |n_z| of the unit
+    eigenvector of l3 (largest cross product of two rows of A - l3 I): vectorised, about 5x torch's eigh."""
+    q = (a00 + a11 + a22) / 3.0
+    p1 = a01 * a01 + a02 * a02 + a12 * a12
+    b00, b11, b22 = a00 - q, a11 - q, a22 - q
+    p = np.sqrt(np.maximum((b00 * b00 + b11 * b11 + b22 * b22 + 2.0 * p1) / 6.0, 1e-30))
+    det = b00 * (b11 * b22 - a12 * a12) - a01 * (a01 * b22 - a12 * a02) + a02 * (a01 * a12 - b11 * a02)
+    phi = np.arccos(np.clip(det / (2.0 * p ** 3), -1.0, 1.0)) / 3.0
+    l1 = q + 2.0 * p * np.cos(phi)
+    l3 = q + 2.0 * p * np.cos(phi + 2.0 * math.pi / 3.0)
+    l2 = 3.0 * q - l1 - l3
+    r0 = np.stack([a00 - l3, a01, a02])
+    r1 = np.stack([a01, a11 - l3, a12])
+    r2 = np.stack([a02, a12, a22 - l3])
+    best, best_norm = None, None
+    for u, v in ((r0, r1), (r0, r2), (r1, r2)):
+        c = np.cross(u, v, axis=0)
+        nrm = (c * c).sum(0)
+        if best is None:
+            best, best_norm = c, nrm
+        else:
+            take = nrm > best_norm
+            best, best_norm = np.where(take, c, best), np.maximum(nrm, best_norm)
+    nz = np.abs(best[2]) / np.sqrt(np.maximum(best_norm, 1e-300))
+    nz = np.where(best_norm > 1e-300, nz, 1.0)  # isotropic: no direction; call it level
+    return np.maximum(l1, 0.0), np.maximum(l2, 0.0), np.maximum(l3, 0.0), nz
+
+
+def _eigen_table(m):
+    """[C, 5] float32 (lin, pla, sca, ver, rough) from per-cell moments m [10, C]: n, sums of x, y, z, and of
+    xx, xy, xz, yy, yz, zz (coordinates from the block's corner: float64 keeps centimetres of variance)."""
+    n = m[0]
+    big = np.flatnonzero(n >= MIN_CELL_POINTS)
+    nb = n[big]
+    mean = m[1:4, big] / nb
+    cov = [m[4 + r, big] / nb - mean[a] * mean[b]
+           for r, (a, b) in enumerate(((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)))]
+    l1, l2, l3, nz = _sym3_eigen(*cov)
+    d = np.maximum(l1, 1e-12)
+    table = np.zeros((n.size, 5), np.float32)
+    spread = l1 > 1e-8  # all points at one spot: no shape
+    table[big] = np.where(spread[:, None], np.stack(
+        [(l1 - l2) / d, (l2 - l3) / d, l3 / d, 1.0 - nz, np.minimum(np.sqrt(l3), 2.0)], 1), 0.0)
+    return table
+
+
+def _reduce(ids, n, values, how):
+    init = -math.inf if how == "amax" else math.inf
+    return torch.full((n,), init).scatter_reduce_(0, torch.from_numpy(ids), torch.from_numpy(values), how)
+
+
+def shape_features(pts, names):
+    """{name: [P] float32} for the shape features among names (see the module docstring), from pts' own
+    points. classify computes them once per block (as it does the ground) and carries them in pts, so that
+    overlapping windows reuse them. One pass over the points at the fine scale (moments by bincount, column
+    extremes by scatter_reduce); the coarse scale aggregates fine cells."""
+    wanted = [k for k in names if k in SHAPE_FEATURES]
+    if not wanted or pts["x"].size == 0:  # a model without them (older checkpoints) pays nothing
+        return {k: np.zeros(pts["x"].size, np.float32) for k in wanted}
+    fine, coarse = SHAPE_SCALES
+    c = [pts[k] - pts[k].min() for k in ("x", "y", "z")]
+    k = [(a / fine).astype(np.int64) for a in c]
+    span = [int(a.max()) + 1 for a in k]
+    cell, nc, keys = _compact((k[0] * span[1] + k[1]) * span[2] + k[2])
+    moments = np.stack([np.bincount(cell, w, nc) if w is not None else np.bincount(cell, minlength=nc)
+                        for w in (None, c[0], c[1], c[2], c[0] * c[0], c[0] * c[1], c[0] * c[2], c[1] * c[1],
+                                  c[1] * c[2], c[2] * c[2])]).astype(np.float64)
+    z32 = np.ascontiguousarray(c[2], np.float32)
+    ztop, zlow = _reduce(cell, nc, z32, "amax").numpy(), _reduce(cell, nc, z32, "amin").numpy()
+    kz = keys % span[2]
+    kxy = keys // span[2]
+    kx, ky = kxy // span[1], kxy % span[1]
+    r = coarse // fine
+    ccell, ncc, _ = _compact(((kx // r) * (span[1] // r + 1) + ky // r) * (span[2] // r + 1) + kz // r)
+    cmoments = np.stack([np.bincount(ccell, m, ncc) for m in moments])
+    out = {}
+    for s, table, of_point in ((fine, _eigen_table(moments), cell), (coarse, _eigen_table(cmoments), ccell[cell])):
+        per_point = table[of_point]
+        out.update({f"{key}{s}": per_point[:, i] for i, key in enumerate(_SHAPE_KEYS)})
+    # columns: fine 3D cells -> fine columns -> coarse columns (each a reduction over the previous level's cells)
+    col, ncol, colkeys = _compact(kxy)
+    ccol, nccol, _ = _compact((colkeys // span[1] // r) * (span[1] // r + 1) + (colkeys % span[1]) // r)
+    hi, lo = _reduce(col, ncol, ztop, "amax"), _reduce(col, ncol, zlow, "amin")
+    chi, clo = _reduce(ccol, nccol, hi.numpy(), "amax"), _reduce(ccol, nccol, lo.numpy(), "amin")
+    zt, pcol = torch.from_numpy(z32), torch.from_numpy(col[cell])
+    pccol = torch.from_numpy(ccol)[pcol]
+    for s, h, l, ids in ((fine, hi, lo, pcol), (coarse, chi, clo, pccol)):
+        out[f"top{s}"] = (h[ids] - zt).clamp_(*COLUMN_RANGE).numpy()
+        out[f"relief{s}"] = (zt - l[ids]).clamp_(*COLUMN_RANGE).numpy()
+    return {key: v for key, v in out.items() if key in names}
+
+
+_SHAPE_KEYS = ("lin", "pla", "sca", "ver", "rough")
 
 
 def point_features(pts, names, lut, rgb_div, voxel_size, hag=None):
@@ -158,6 +279,8 @@ def point_features(pts, names, lut, rgb_div, voxel_size, hag=None):
     out = np.empty((n, len(names)), np.float32)
     rn = pts["return_number"].astype(np.int16)
     nr = np.maximum(pts["number_of_returns"].astype(np.int16), 1)
+    missing = [nm for nm in names if nm in SHAPE_FEATURES and nm not in pts]
+    shape = shape_features(pts, missing) if missing else {}
     for j, name in enumerate(names):
         if name == "hag":
             h = height_above_ground(pts["x"], pts["y"], pts["z"]) if hag is None else hag
@@ -173,10 +296,13 @@ def point_features(pts, names, lut, rgb_div, voxel_size, hag=None):
         elif name == "dz":
             zv = pts["z"] / voxel_size
             out[:, j] = zv - np.floor(zv)
+        elif name in SHAPE_FEATURES:
+            out[:, j] = pts[name] if name in pts else shape[name]
         elif name in RGB_FEATURES:
             if name not in pts:
                 raise ValueError(f"feature '{name}': the points carry no colour, but the model expects RGB")
             out[:, j] = pts[name] / rgb_div
         else:
-            raise ValueError(f"feature '{name}': unknown; expected one of {BASE_FEATURES + RGB_FEATURES}")
+            raise ValueError(f"feature '{name}': unknown; expected one of "
+                             f"{BASE_FEATURES + SHAPE_FEATURES + RGB_FEATURES}")
     return out

@@ -124,8 +124,44 @@ def sample_window(piece, rng, window, augment):
     return out, target[idx]
 
 
-def _window_input(piece, pts):
-    return (pts, height_above_ground(pts["x"], pts["y"], pts["z"]), piece.lut, piece.rgb_div)
+# Sensor dropout: the probability that a training window looks as if its sensor lacked a feature group, so
+# that single-return, intensity-free and colour-free files are inside the training distribution.
+SENSOR_DROPOUT = dict(single_return=0.35, first_only=0.5, no_intensity=0.15, intensity_gamma=0.25, no_rgb=0.2)
+_FLAT_LUT = np.full(65536, 0.5, np.float32)  # what intensity_lut gives a file whose intensity is constant
+
+
+def sensor_dropout(pts, target, lut, rng, p=SENSOR_DROPOUT):
+    """(pts, target, lut) of a window as another sensor would have recorded it:
+
+    * single return (p single_return): every point becomes return 1 of 1; of those windows a share
+      (first_only) also keeps only first returns, as a single-return sensor records the first surface hit
+      (canopy tops then look like a rough surface, with nothing below);
+    * intensity absent (no_intensity): constant, as in a file without intensity (its rank is 0.5 everywhere);
+      else (intensity_gamma) the ranks are bent by r ** g, g log-uniform in 1/3..3: other sensors order
+      materials differently (ranks alone are already invariant to any gain or bit depth);
+    * colour (no_rgb): zeroed (the RGB features of a model trained with colour; a model without them ignores it).
+    """
+    if rng.random() < p["single_return"]:
+        if rng.random() < p["first_only"]:
+            keep = np.flatnonzero(pts["return_number"] <= 1)
+            if keep.size >= 8:
+                pts, target = {k: v[keep] for k, v in pts.items()}, target[keep]
+        pts = dict(pts)
+        pts["return_number"] = np.ones_like(pts["return_number"])
+        pts["number_of_returns"] = np.ones_like(pts["number_of_returns"])
+    u = rng.random()
+    if u < p["no_intensity"]:
+        lut = _FLAT_LUT
+    elif u < p["no_intensity"] + p["intensity_gamma"]:
+        lut = (lut ** math.exp(rng.uniform(-math.log(3.0), math.log(3.0)))).astype(np.float32)
+    if "red" in pts and rng.random() < p["no_rgb"]:
+        pts = {**pts, **{c: np.zeros_like(pts[c]) for c in ("red", "green", "blue")}}
+    return pts, target, lut
+
+
+def _window_input(piece, pts, lut=None):
+    return (pts, height_above_ground(pts["x"], pts["y"], pts["z"]), piece.lut if lut is None else lut,
+            piece.rgb_div)
 
 
 def class_weights(pieces, k):
@@ -204,10 +240,11 @@ def _train_batches(pieces, rng, batch_size, window, names, voxel, samples):
     order = np.concatenate([rng.permutation(len(pieces)) for _ in range(reps)])[:samples]
     step = batch_size * world
     for s in range(0, len(order), step):
-        drawn = [(pieces[i], *sample_window(pieces[i], rng, window, True)) for i in order[s:s + step]]
+        drawn = [(pieces[i], *sensor_dropout(*sample_window(pieces[i], rng, window, True), pieces[i].lut, rng))
+                 for i in order[s:s + step]]
         mine = drawn[rank::world]
-        batch = make_batch([_window_input(p, pts) for p, pts, _ in mine], names, voxel)
-        yield batch, np.concatenate([t for _, _, t in mine])
+        batch = make_batch([_window_input(p, pts, lut) for p, pts, _, lut in mine], names, voxel)
+        yield batch, np.concatenate([t for _, _, t, _ in mine])
 
 
 def _val_batches(pieces, names, voxel):
@@ -221,6 +258,32 @@ def fit_normalisation(model, pieces, names, voxel, rng, n=32):
     """Feature mean/std from (unaugmented windows of) the training split only."""
     feats = [make_batch([_window_input(p, dict(p.pts))], names, voxel)[0] for p in rng.permutation(pieces)[:n]]
     model.norm.fit(torch.cat(feats))
+
+
+def expand_inputs(new_state, old_state, old_names, new_names):
+    """old_state re-laid for the inputs new_names: a feature both know keeps its weights and normalisation,
+    a new one gets zero weights (in the U-Net's stem and the head's point half) and new_state's fitted
+    normalisation, so the expanded model computes exactly what the old one did until training moves it."""
+    missing = [n for n in old_names if n not in new_names]
+    if missing:
+        raise ValueError(f"--init: the new feature list drops {missing}, which the initial model uses")
+    idx = torch.tensor([new_names.index(n) for n in old_names])
+    out = dict(old_state)
+    for key in ("norm.mean", "norm.std", "unet.norm.mean", "unet.norm.std"):
+        t = new_state[key].clone()
+        t[idx] = old_state[key].to(t.dtype)
+        out[key] = t
+    w = old_state["unet.stem.0.weight"]
+    stem = torch.zeros(*w.shape[:-2], len(new_names), w.shape[-1], dtype=w.dtype)
+    stem[..., idx, :] = w
+    out["unet.stem.0.weight"] = stem
+    h = old_state["head.0.weight"]
+    n_old = len(old_names)
+    head = torch.zeros(h.shape[0], len(new_names) + h.shape[1] - n_old, dtype=h.dtype)
+    head[:, idx] = h[:, :n_old]
+    head[:, len(new_names):] = h[:, n_old:]
+    out["head.0.weight"] = head
+    return out
 
 
 def _adapt_head(model, old_codes, new_codes, state):
@@ -238,10 +301,12 @@ def _adapt_head(model, old_codes, new_codes, state):
 
 def train(paths, out, epochs=20, batch_size=4, lr=2e-3, val_fraction=0.2, seed=0, classes=None, init=None,
           resume=False, overwrite=False, progress=True, log=print, curves=None, samples_per_epoch=None,
-          return_model=False, **config_overrides):
+          return_model=False, features=None, **config_overrides):
     """Trains and writes the checkpoint `out` after every epoch (plus `curves`, a PNG, default out + .png).
     An epoch draws samples_per_epoch random windows (default: one per training piece, at least 64, so that
-    a few small files still give enough steps); batch_size is per rank. Returns the history (one dict per
+    a few small files still give enough steps); batch_size is per rank. features: input feature names (default:
+    every feature, or init's); with init, features init lacks start with zero weights (the model begins as
+    init's) and their normalisation is fitted on the training split. Returns the history (one dict per
     epoch with train and val metrics), and the trained model after it when return_model."""
     main = sd.is_main()
     progress = progress and main
@@ -272,8 +337,11 @@ def train(paths, out, epochs=20, batch_size=4, lr=2e-3, val_fraction=0.2, seed=0
     pieces, codes, rgb = prepare(paths, classes, 2 * window, progress)
     if not pieces:
         raise ValueError("DATA: no piece of the files holds enough points to train on")
+    old_names = list(config.get("features", []))
     if init is None and not (resume and ckpt):
-        config["features"] = list(feature_names(rgb))
+        config["features"] = list(features or feature_names(rgb))
+    elif init is not None and features is not None:
+        config["features"] = list(features)
     elif any(f in ("red", "green", "blue") for f in config["features"]) and not rgb:
         raise ValueError("DATA: the model uses colour, but not every file has RGB")
     old_codes = config.get("classes")
@@ -288,6 +356,9 @@ def train(paths, out, epochs=20, batch_size=4, lr=2e-3, val_fraction=0.2, seed=0
         model.load_state_dict(ckpt["model"])
     elif init is not None:
         state = dict(pre["model"])
+        if old_names != list(names):
+            fit_normalisation(model, train_set, names, voxel, rng)
+            state = expand_inputs(model.state_dict(), state, old_names, list(names))
         if list(old_codes) == list(codes):
             model.load_state_dict(state)
         else:
