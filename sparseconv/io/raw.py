@@ -5,9 +5,10 @@ passes that follow read them back with read_records(), and encode() writes the c
 
 lazrs holds the GIL while it decodes or encodes, so in a thread beside the network it stalls every operator
 the network runs (measured: the network 20x slower). Decoder and Encoder therefore run it in a child process
-(`python raw.py decode|encode ...`; this file and las.py import only numpy and laspy, not torch), where it
-takes other cores while this process runs the network, or here in this process when given one thread.
+(`python raw.py` with its task on stdin; this file and las.py import only numpy and laspy, not torch), where
+it takes other cores while this process runs the network, or here in this process when given one thread.
 """
+import json
 import os
 import subprocess
 import sys
@@ -56,23 +57,31 @@ def encode(src, raw_path, labels_path, out, chunk_size, parallel):
             writer.write_points(points)
 
 
-class _Child:
-    """This file run as a child process on up to `threads` cores; wait() raises its error as LasError."""
+class Child:
+    """This file run as a child process on up to `threads` cores. It starts now (imports numpy and laspy) and
+    waits for its task: start one ahead of need and its interpreter start is off the critical path."""
 
-    def __init__(self, args, threads):
+    def __init__(self, threads):
         env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *map(str, args)], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.what = None
+
+    def start(self, *args):
+        self.what = args
+        self.proc.stdin.write(json.dumps(args) + "\n")
+        self.proc.stdin.flush()
 
     def lines(self):
         yield from self.proc.stdout
         self.wait()
 
     def wait(self):
+        """The task's last output line; its error as LasError."""
         out, err = self.proc.communicate()
         if self.proc.returncode != 0:
             err = err.strip().splitlines()
-            raise LasError(err[-1] if err else f"{self.proc.args[3]}: {self.proc.args[2]} process exited with "
+            raise LasError(err[-1] if err else f"{self.what[1]}: {self.what[0]} process exited with "
                                                f"{self.proc.returncode}")
         return out
 
@@ -80,8 +89,9 @@ class _Child:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if not pipe.closed:
+                pipe.close()
 
 
 class Decoder:
@@ -91,7 +101,10 @@ class Decoder:
     def __init__(self, src, raw_path, chunk_size, threads):
         self.args = (src, raw_path, chunk_size)
         open(raw_path, "wb").close()  # exists from now on, for the reader
-        self.child = _Child(("decode", *self.args), threads) if threads > 1 else None
+        self.child = None
+        if threads > 1:
+            self.child = Child(threads)
+            self.child.start("decode", *self.args)
 
     def counts(self):
         """Points on disk so far, after each chunk; raises LasError where decode() would."""
@@ -107,14 +120,14 @@ class Decoder:
 
 
 class Encoder:
-    """encode() started now in a child process (threads > 1), or run here at once (threads == 1); wait()
-    returns its seconds."""
+    """encode() started now in `child` (a Child, threads > 1), or run here at once (child None); wait() returns
+    its seconds."""
 
-    def __init__(self, src, raw_path, labels_path, out, chunk_size, threads):
+    def __init__(self, src, raw_path, labels_path, out, chunk_size, child=None):
         args = (src, raw_path, labels_path, out, chunk_size)
-        self.child, t0 = None, time.perf_counter()
-        if threads > 1:
-            self.child = _Child(("encode", *args), threads)
+        self.child, t0 = child, time.perf_counter()
+        if child is not None:
+            child.start("encode", *args)
         else:
             encode(*args, parallel=False)
             self.seconds = time.perf_counter() - t0
@@ -129,17 +142,21 @@ class Encoder:
             self.child.close()
 
 
-def main(argv):
-    """Child process: `decode SRC RAW CHUNK` prints the points on disk after each chunk; `encode SRC RAW LABELS
-    OUT CHUNK` prints its seconds. Errors: one line on stderr, exit 1."""
-    what, args = argv[0], argv[1:]
+def main():
+    """Child process: one task, a JSON list on stdin. ["decode", src, raw, chunk] prints the points on disk
+    after each chunk; ["encode", src, raw, labels, out, chunk] prints its seconds. Errors: one line on stderr,
+    exit 1. No task (stdin closed): exit 0."""
+    line = sys.stdin.readline()
+    if not line:
+        return 0
+    what, *args = json.loads(line)
     try:
         if what == "decode":
-            for done in decode(args[0], args[1], int(args[2]), parallel=True):
+            for done in decode(*args, parallel=True):
                 print(done, flush=True)
         else:
             t0 = time.perf_counter()
-            encode(*args[:4], int(args[4]), parallel=True)
+            encode(*args, parallel=True)
             print(time.perf_counter() - t0)
     except LasError as e:
         print(e, file=sys.stderr)
@@ -147,10 +164,10 @@ def main(argv):
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # disk full, ...: one line naming the file, as the parent reports it
-        print(f"{args[-2] if what == 'encode' else args[0]}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"{args[3] if what == 'encode' else args[0]}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -20,13 +20,14 @@ import os
 import tempfile
 import time
 from collections import deque
+from functools import partial
 
 import numpy as np
 import torch
 
 from ..io import LasError, is_open3d_file, open3d_to_las
 from ..io.las import _open, max_class_code, temporary_output
-from ..io.raw import Decoder, Encoder, read_records
+from ..io.raw import Child, Decoder, Encoder, read_records
 from .features import height_above_ground
 from .runner import OrderedRunner
 from .source import RGB, FileStats, record_arrays
@@ -103,14 +104,16 @@ class _Part:
 
     def submit(self, runner, model, device, names, voxel, lut, rgb_div):
         for windows in self.batches:
-            def compute(windows=windows):
-                batch = [({n: v[r] for n, v in self.pts.items()}, self.hag[r], lut, rgb_div) for r in windows]
-                return _predict(model, make_batch(batch, names, voxel), device)
+            rows = torch.from_numpy(np.concatenate(windows))
+            compute = partial(self._compute, windows, model, device, names, voxel, lut, rgb_div)
+            self.futures.append(runner.submit(compute, partial(self._commit, rows)))
 
-            def commit(prob, rows=torch.from_numpy(np.concatenate(windows))):
-                self.score.index_add_(0, rows, prob)
+    def _compute(self, windows, model, device, names, voxel, lut, rgb_div):
+        batch = [({n: v[r] for n, v in self.pts.items()}, self.hag[r], lut, rgb_div) for r in windows]
+        return _predict(model, make_batch(batch, names, voxel), device)
 
-            self.futures.append(runner.submit(compute, commit))
+    def _commit(self, rows, prob):
+        self.score.index_add_(0, rows, prob)
 
     def finish(self, labels, codes):
         """Waits for the batches, writes the labels of the part's own points; returns their codes."""
@@ -134,7 +137,7 @@ class _File:
             raise LasError(f"{dst}: folder {os.path.dirname(dst_abs)} does not exist")
         self.t0, self.times, self.opts = time.perf_counter(), {}, opts
         self.input = self.src = src
-        self.dst, self.decoder, self.encoder, self.out_tmp = dst, None, None, None
+        self.dst, self.decoder, self.encoder, self.writer, self.out_tmp = dst, None, None, None, None
         self.tmp = tempfile.TemporaryDirectory(dir=opts["tmp_dir"] or os.path.dirname(dst_abs), prefix=".sparseconv-")
         try:
             if is_open3d_file(src):  # PLY/PCD/XYZ/PTS: through a LAS copy
@@ -163,19 +166,32 @@ class _File:
                            f"{h.point_format.id} has none")
         self.plan = BlockPlan(lo, hi, self.n, tile, overlap, self.opts["block_points"])
 
-    def read(self):
-        """Pass 1: the decoded records, chunk by chunk, into statistics and the block spill."""
+    def read(self, runner):
+        """Pass 1: the decoded records, chunk by chunk, into statistics and the block spill. A chunk's blocks are
+        sorted out on a worker; statistics and block files take the chunks in file order."""
         t0 = time.perf_counter()
         self.spill, self.stats = Spill(self.tmp.name, self.plan, self.has_rgb), FileStats()
-        bar, start = _bar(self.n, "read", self.opts["progress"]), 0
+        bar, start, pending = _bar(self.n, "read", self.opts["progress"]), 0, deque()
+
+        def sort_out(points, start):
+            pts = record_arrays(points)
+            return pts, self.spill.split(pts, start)
+
+        def store(out):
+            self.stats.add(out[0])
+            self.spill.append(out[1])
+            if bar:
+                bar.update(out[0]["x"].size)
+
         with open(self._path("points.raw"), "rb") as f:
             for done in self.decoder.counts():  # chunk_size points each (the spill's order depends on it)
-                pts = record_arrays(read_records(f, self.header, done - start))
-                self.stats.add(pts)
-                self.spill.add(pts, start)
-                if bar:
-                    bar.update(done - start)
+                pending.append(runner.submit(partial(sort_out, read_records(f, self.header, done - start), start),
+                                             store))
+                while len(pending) > max(runner.workers, 1):  # bounded: a chunk in memory per worker
+                    pending.popleft().result()
                 start = done
+        while pending:
+            pending.popleft().result()
         if bar:
             bar.close()
         self.decoder.close()
@@ -215,6 +231,8 @@ class _File:
     def classify(self, runner, model, config, device):
         """Pass 2: labels of every point into labels.npy. Part p + 1 is prepared while p's batches run."""
         t0, o = time.perf_counter(), self.opts
+        if o["threads"] > 1:  # the encoder's process, started now so that it is ready when the labels are
+            self.writer = Child(o["threads"])
         names, codes = list(config["features"]), np.asarray(config["classes"], np.int64)
         voxel, lut, rgb_div = float(config["voxel_size"]), self.stats.lut, self.stats.rgb_div
         labels = np.lib.format.open_memmap(self._path("labels.npy"), "w+", np.uint8, (self.n,))
@@ -236,8 +254,7 @@ class _File:
             finish(running.popleft())
         if bar:
             bar.close()
-        labels.flush()
-        del labels
+        labels.flush()  # the encoder reads it
         self.spill.remove()
         self.counts = counts
         present = np.flatnonzero(counts)
@@ -251,7 +268,7 @@ class _File:
         """Pass 3 begins: the classified copy is encoded into a temporary file beside dst."""
         self.out_tmp = temporary_output(self.dst)
         self.encoder = Encoder(self.src, self._path("points.raw"), self._path("labels.npy"), self.out_tmp,
-                               self.opts["chunk_size"], self.opts["threads"])
+                               self.opts["chunk_size"], self.writer)
 
     def finish(self):
         """Waits for the encoder, renames the output into place; returns (input, dst, result)."""
@@ -267,7 +284,7 @@ class _File:
 
     def close(self):
         """Idempotent."""
-        for child in (self.decoder, self.encoder):
+        for child in (self.decoder, self.encoder, self.writer):
             if child is not None:
                 child.close()
         if self.out_tmp and os.path.exists(self.out_tmp):
@@ -290,8 +307,9 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
     threads = max(1, int(threads or torch.get_num_threads()))
     if batch_points is None:
         batch_points = CPU_BATCH_POINTS if torch.device(device).type == "cpu" else CUDA_BATCH_POINTS
-    opts = dict(overwrite=overwrite, batch_points=batch_points, block_points=block_points, chunk_size=chunk_size,
-                progress=progress, tmp_dir=tmp_dir, tile_size=tile_size, threads=threads)
+    opts = {"overwrite": overwrite, "batch_points": batch_points, "block_points": block_points,
+            "chunk_size": chunk_size, "progress": progress, "tmp_dir": tmp_dir, "tile_size": tile_size,
+            "threads": threads}
     model = model.to(device).eval()
     runner = OrderedRunner(*workers_for(threads, device))
     writing = ahead = None  # the file being encoded; the next one, decoding ahead (or the error it raised)
@@ -302,7 +320,7 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
                     raise ahead
                 cur, ahead = ahead or _File(src, dst, config, opts), None
                 try:
-                    cur.read()
+                    cur.read(runner)
                     if i + 1 < len(jobs):
                         ahead = _ahead(*jobs[i + 1], config, opts)
                     cur.classify(runner, model, config, device)

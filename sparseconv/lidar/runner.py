@@ -18,7 +18,7 @@ class OrderedRunner:
     (it prepares the next batches beside them) and restored by close()."""
 
     def __init__(self, workers, torch_threads):
-        self.pool, self.saved = None, torch.get_num_threads()
+        self.pool, self.saved, self.workers = None, torch.get_num_threads(), workers
         torch.set_num_threads(torch_threads)
         if workers:
             self.pool = ThreadPoolExecutor(workers, "sparseconv-batch", torch.set_num_threads, (torch_threads,))

@@ -36,18 +36,25 @@ class Spill:
     def path(self, block):
         return os.path.join(self.folder, f"block_{block}.bin")
 
-    def add(self, pts, start):
-        """pts: a chunk's dict of arrays (source.record_arrays), its first row in the file at start."""
-        p = self.plan
+    def split(self, pts, start):
+        """A chunk's records per block: [(block, records)]. pts: the chunk's dict of arrays
+        (source.record_arrays), its first row in the file at start. Thread-safe."""
+        p, out = self.plan, []
         rows, blocks = window_members(pts["x"], pts["y"], p.lo[0], p.lo[1], p.block, p.overlap, p.nbx, p.nby)
         for b, r in split_by_id(rows, blocks):
             rec = np.empty(r.size, self.dtype)
             rec["row"] = r + start
             for name in self.dtype.names[1:]:
                 rec[name] = pts[name][r]
+            out.append((b, rec))
+        return out
+
+    def append(self, blocks):
+        """split()'s output onto the block files (chunks in file order: the order the blocks' points load in)."""
+        for b, rec in blocks:
             with open(self.path(b), "ab") as f:
                 rec.tofile(f)
-            self.counts[b] = self.counts.get(b, 0) + r.size
+            self.counts[b] = self.counts.get(b, 0) + rec.size
 
     def load(self, block):
         return np.fromfile(self.path(block), self.dtype)
