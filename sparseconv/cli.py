@@ -137,6 +137,8 @@ def cmd_classify(args):
         raise ValueError(f"--device: {args.device} requested, but torch sees no CUDA device")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads: expected at least 1, got {args.threads}")
+    if args.batch_points < 1:
+        raise ValueError(f"--batch-points: expected at least 1, got {args.batch_points}")
     device = args.device
     if world > 1 and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
@@ -153,7 +155,8 @@ def cmd_classify(args):
 
     # Files overlap: the next is decoded while one's network runs, one is encoded while the next is classified.
     results = classify_files([(p, output(p)) for p in mine], model, config, overwrite=args.overwrite, device=device,
-                             progress=not args.quiet and world == 1, tile_size=args.tile_size, threads=args.threads)
+                             progress=not args.quiet and world == 1, tile_size=args.tile_size, threads=args.threads,
+                             batch_points=args.batch_points)
     for path, dst, r in results:
         dt = r["seconds"]["total"]
         done += r["points"]
@@ -247,6 +250,9 @@ def build_parser():
                    help="inference tile in metres (default 128; the model's overlap is added on every side)")
     p.add_argument("--threads", type=int, help="cores to use (default: torch's thread count, all cores unless "
                                                "OMP_NUM_THREADS says otherwise); 1: everything on one thread")
+    p.add_argument("--batch-points", type=int, default=300_000,
+                   help="points per forward (default 300000); other values move a few labels (float rounding), "
+                        "larger ones may run faster on a GPU")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--png", action="store_true", help="also write a top-down PNG coloured by class")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

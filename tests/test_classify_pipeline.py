@@ -14,6 +14,7 @@ import torch
 
 laspy = pytest.importorskip("laspy")
 
+from sparseconv.cli import main  # noqa: E402
 from sparseconv.data.airborne import generate_tile, write_tile_las  # noqa: E402
 from sparseconv.io import LasError, write_classified  # noqa: E402
 from sparseconv.io.raw import Child, Decoder, Encoder  # noqa: E402
@@ -45,13 +46,18 @@ def _codec_children():
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model_file(tmp_path_factory):
     torch.manual_seed(0)
     config = {"features": ["hag", "intensity", "first", "last", "returns", "dz"], "classes": CODES,
               "voxel_size": 1.0, "tile_size": 24.0, "overlap": 4.0, "channels": [8, 16, 16], "hidden": 8}
     path = tmp_path_factory.mktemp("model") / "m.pt"
     save_checkpoint({"format": FORMAT, "config": config, "model": build_model(config).state_dict()}, path)
-    return load_checkpoint(str(path))[:2]
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def model(model_file):
+    return load_checkpoint(model_file)[:2]
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +216,23 @@ def test_ordered_runner_threads_and_restore():
         runner.close()
     assert seen[0][0] == 1 and seen[0][1].startswith("sparseconv-batch")
     assert torch.get_num_threads() == saved
+
+
+def test_cli_folder_on_threads(model_file, tiles, tmp_path, capsys):
+    """The command on a folder, one thread and two: the same bytes per file, a line per file and one for all;
+    --threads 0 and --batch-points 0 are one-line errors."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in tiles:
+        os.symlink(p, folder / Path(p).name)
+    for threads in ("1", "2"):
+        assert main(["classify", str(folder), "-o", str(tmp_path / f"out{threads}"), "--model", model_file,
+                     "--quiet", "--threads", threads, "--tile-size", "24"]) == 0
+        printed = capsys.readouterr().out
+        assert printed.count(" -> ") == 3 and "3 files, " in printed
+    for p in tiles:
+        assert _digest(tmp_path / "out1" / Path(p).name) == _digest(tmp_path / "out2" / Path(p).name)
+    for bad in (["--threads", "0"], ["--batch-points", "0"]):
+        assert main(["classify", str(tiles[0]), "-o", str(tmp_path / "x.laz"), "--model", model_file, *bad]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and bad[0] in err

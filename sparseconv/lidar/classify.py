@@ -35,9 +35,10 @@ from .source import RGB, FileStats, record_arrays
 from .spill import BlockPlan, Spill
 from .windows import make_batch, split_by_id, tile_index, window_members
 
-CPU_BATCH_POINTS = 300_000
-# A GPU runs far more points per forward; fewer, bigger batches cut the per-batch launch and copy overhead.
-CUDA_BATCH_POINTS = 2_000_000
+# Points per forward. Which windows share a batch shows in the float rounding (the kernels' sizes and paths
+# follow the batch): other batch sizes move a few labels (115 of 1.2M points at 1.5M), so the default stays
+# the same on every device and thread count.
+BATCH_POINTS = 300_000
 MAX_WORKERS = 4  # worker threads on a CPU: beyond this, more torch threads per worker (memory per batch)
 
 
@@ -78,7 +79,7 @@ def _in_square(ti, tj, square):
 
 def workers_for(threads, device):
     """(network worker threads, torch threads each): none with one thread (all on the calling thread); on a
-    GPU two, so that one prepares a batch while the other's runs."""
+    GPU two, so that one prepares a batch (features, voxels on the CPU) while the other's runs."""
     if threads <= 1:
         return 0, 1
     workers = min(threads, MAX_WORKERS) if torch.device(device).type == "cpu" else 2
@@ -311,21 +312,21 @@ class _File:
         self.tmp.cleanup()
 
 
-def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_points=None, block_points=2_000_000,
-                   chunk_size=1_000_000, progress=True, tmp_dir=None, tile_size=128.0, threads=None):
+def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_points=BATCH_POINTS,
+                   block_points=2_000_000, chunk_size=1_000_000, progress=True, tmp_dir=None, tile_size=128.0,
+                   threads=None):
     """Classifies each (src, dst) of jobs (LAS or LAZ by dst's extension; PLY/PCD/XYZ/PTS inputs through Open3D);
     yields (src, dst, result) in order as each output is complete. result: points, seconds per phase, class
     histogram written, parts (how many pieces ran through pass 2: one per block unless points cluster).
 
     threads: cores to use (default torch's thread count); 1 runs everything on the calling thread.
-    batch_points: points per forward (default 300,000 on a CPU, 2,000,000 on a GPU).
+    batch_points: points per forward; another value than the default moves a few labels (float rounding), a
+    larger one may run faster on a GPU.
     tile_size: inference tiles in metres (None: the training tile). The network is convolutional, so larger
     tiles than in training only add context, and the overlap (config["overlap"] on every side) costs less.
     A failing file raises after the outputs of the files before it are complete."""
     jobs = list(jobs)
     threads = max(1, int(threads or torch.get_num_threads()))
-    if batch_points is None:
-        batch_points = CPU_BATCH_POINTS if torch.device(device).type == "cpu" else CUDA_BATCH_POINTS
     opts = {"overwrite": overwrite, "batch_points": batch_points, "block_points": block_points,
             "chunk_size": chunk_size, "progress": progress, "tmp_dir": tmp_dir, "tile_size": tile_size,
             "threads": threads}
