@@ -187,7 +187,7 @@ def test_ordered_runner_commits_in_submission_order():
         try:
             futures = []
             for i in range(8):
-                def compute(i=i):
+                def compute(i=i, workers=workers):
                     time.sleep(0.02 * (8 - i) if workers else 0)
                     if i == 5:
                         raise ValueError("five")
