@@ -42,17 +42,28 @@ BATCH_POINTS = 300_000
 MAX_WORKERS = 4  # worker threads on a CPU: beyond this, more torch threads per worker (memory per batch)
 
 
-def _return_freed_memory():
-    """glibc keeps freed blocks of up to 32 MB for reuse in per-thread arenas (its mmap threshold grows to the
-    largest block freed): with batches on worker threads the RSS crept to 1.62 GB on a 5M-point file whose live
-    arrays stay near 1 GB. Blocks from 1 MB are mapped and unmapped instead, and threads share two arenas: peak
-    1.02 GB. Process-wide, once; a no-op without glibc."""
+def _glibc():
     try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (fixed: no longer grows)
-    mallopt(-8, 2)  # M_ARENA_MAX
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: its default allocator behaviour, nothing to tune
+        return None
+
+
+_LIBC = _glibc()
+
+
+def _share_arenas():
+    """glibc gives each thread that allocates its own arena and keeps what is freed there for reuse by that
+    thread only: with batches on worker threads the RSS crept to 1.62 GB on a 5M-point file whose live arrays
+    stay near 1 GB. Two arenas for the whole process, set once (new threads only; no measurable cost)."""
+    if _LIBC is not None:
+        _LIBC.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def _trim():
+    """Hands the pages freed with a part back to the system (glibc keeps them otherwise; a few ms)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _bar(total, desc, enabled):
@@ -124,8 +135,10 @@ class _Part:
             self.futures.append(runner.submit(compute, partial(self._commit, rows)))
 
     def _compute(self, windows, model, device, names, voxel, lut, rgb_div):
-        batch = [({n: v[r] for n, v in self.pts.items()}, self.hag[r], lut, rgb_div) for r in windows]
-        return _predict(model, make_batch(batch, names, voxel), device)
+        # The windows' copies of their points are dropped before the forward (memory per worker).
+        inputs = make_batch([({n: v[r] for n, v in self.pts.items()}, self.hag[r], lut, rgb_div) for r in windows],
+                            names, voxel)
+        return _predict(model, inputs, device)
 
     def _commit(self, rows, prob):
         self.score.index_add_(0, rows, prob)
@@ -270,6 +283,7 @@ class _File:
             running.append(part)
             if len(running) > 1:
                 finish(running.popleft())
+                _trim()  # the part just finished is gone
         while running:
             finish(running.popleft())
         if bar:
@@ -331,7 +345,7 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
             "chunk_size": chunk_size, "progress": progress, "tmp_dir": tmp_dir, "tile_size": tile_size,
             "threads": threads}
     model = model.to(device).eval()
-    _return_freed_memory()
+    _share_arenas()
     runner = OrderedRunner(*workers_for(threads, device))
     writing = ahead = None  # the file being encoded; the next one, decoding ahead (or the error it raised)
     try:
