@@ -44,7 +44,8 @@ def read_records(f, header, n):
 
 def encode(src, raw_path, labels_path, out, chunk_size, parallel):
     """Writes out (LAZ or LAS by its suffix): src's header, VLRs and extra bytes, the records of raw_path with
-    classification from labels_path (.npy, uint8, one per point). The bytes are those write_classified gives."""
+    classification from labels_path (.npy, uint8, one per point). The bytes are those write_classified gives
+    with the same chunk_size (laspy refreshes extra-bytes statistics per written chunk)."""
     laspy = _laspy()
     labels = np.load(labels_path, mmap_mode="r")
     with _open(src) as reader:
@@ -69,8 +70,11 @@ class Child:
 
     def start(self, *args):
         self.what = args
-        self.proc.stdin.write(json.dumps(args) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps(args) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # it died at its start (e.g. no laspy): its own message
+            self.wait()
 
     def lines(self):
         yield from self.proc.stdout

@@ -220,6 +220,8 @@ class _File:
                 start = done
         while pending:
             pending.popleft().result()
+        if start != self.n:  # decode() raises on a short file; this guards the hand-over itself
+            raise LasError(f"{self.src}: {start} of {self.n} points decoded")
         if bar:
             bar.close()
         self.decoder.close()
