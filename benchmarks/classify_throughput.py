@@ -13,10 +13,10 @@ A configuration is a device and a thread count (``--device cpu cuda``, ``--threa
 in a fresh child process: imports torch and sparseconv, loads the model (the shipped pretrained one; ``--model``
 overrides), then calls ``classify_file(src, dst, model, config, overwrite=True, progress=False, threads=N,
 device=D)`` and reports its wall time, per-phase seconds (read, classify, write), CPU seconds (its own and its
-LAZ codec child processes'), the process's peak RSS (VmHWM) and the codec children's largest peak RSS. The
-command line (``python -m sparseconv.cli classify IN -o OUT --overwrite --quiet --threads N --device D``) is
-timed once per file and configuration: wall time of the whole command (interpreter start and imports included)
-and peak RSS (wait4: the largest of the command and its children). ``--folder K`` adds a run of the command on
+LAZ codec child processes') and the process's peak RSS (VmHWM; the codec children, numpy and laspy only, hold
+about 120 MiB each beside it). The command line (``python -m sparseconv.cli classify IN -o OUT --overwrite
+--quiet --threads N --device D``) is timed once per file and configuration: wall time of the whole command
+(interpreter start and imports included) and peak RSS (wait4: the largest of the command and its children). ``--folder K`` adds a run of the command on
 a folder of K links to the smallest file (files overlap: the next is decoded while one's network runs).
 Repeats alternate between files and configurations; figures are medians, peak RSS the largest seen.
 
@@ -43,7 +43,6 @@ import io
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -62,7 +61,7 @@ from compare_peers import write_atomic  # noqa: E402
 
 TARGET_PPS = 450_000  # on 2+ CPU threads, files of TARGET_PPS_MIN_POINTS or more
 TARGET_PPS_MIN_POINTS = 4_000_000
-TARGET_RSS_MIB = 1536.0  # any file, any configuration
+TARGET_RSS_MIB = 1.5e9 / 2**20  # 1.5 GB (1430 MiB): any file, any configuration
 TARGET_SCALING = 1.7  # points/s at 2 threads over 1 thread
 TARGET_GPU_PPS = 1_500_000  # --device cuda, files of TARGET_GPU_MIN_POINTS or more
 TARGET_GPU_MIN_POINTS = 15_000_000
@@ -70,7 +69,7 @@ CACHE = HERE / "results" / "throughput"
 RETURNS_PER_PULSE = 1.13  # returns per pulse of generate_tile (1.0-1.4 by scene; ~9 per m2 at density 8)
 FILE_FORMAT = 1  # bump when the way files are built changes (invalidates the cache)
 CSV_FIELDS = ["size_label", "points", "mode", "device", "threads", "repeat", "status", "wall_s", "read_s",
-              "classify_s", "write_s", "points_per_s", "peak_rss_mib", "codec_rss_mib", "rss_before_mib", "cpu_s",
+              "classify_s", "write_s", "points_per_s", "peak_rss_mib", "rss_before_mib", "cpu_s",
               "cores_used", "other_load_cores", "loadavg_1m", "model"]
 
 
@@ -258,7 +257,6 @@ def run_child(args) -> None:
         written = int(f.header.point_count)
     out = {"points": r["points"], "written": written, "wall_s": wall, "cpu_s": cpu, "seconds": r["seconds"],
            "classes": {str(k): v for k, v in r["classes"].items()}, "peak_rss_mib": status_mib("VmHWM"),
-           "codec_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
            "rss_before_mib": rss_before, "import_s": t_import, "threads": args.threads}
     if args.device.startswith("cuda"):
         out["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -280,7 +278,8 @@ BREAKDOWN = [
     ("read pass: read_records (raw file -> laspy record)", "sparseconv/io/raw.py", "read_records"),
     ("read pass: record_arrays (laspy -> numpy)", "sparseconv/lidar/source.py", "record_arrays"),
     ("read pass: FileStats.add", "sparseconv/lidar/source.py", "add"),
-    ("read pass: Spill.add (window_members, records to disk)", "sparseconv/lidar/spill.py", "add"),
+    ("read pass: Spill.split (a chunk's records per block)", "sparseconv/lidar/spill.py", "split"),
+    ("read pass: Spill.append (records to the block files)", "sparseconv/lidar/spill.py", "append"),
     ("window_members (blocks in the read pass, tiles per part)", "sparseconv/lidar/windows.py", "window_members"),
     ("classify: Spill.load", "sparseconv/lidar/spill.py", "load"),
     ("classify: height_above_ground (per part)", "sparseconv/lidar/features.py", "height_above_ground"),
@@ -409,7 +408,7 @@ def summarize(runs: list[dict]) -> dict:
     for k in ("read", "classify", "write"):
         if all("seconds" in r for r in ok):
             s[k + "_s"] = median(r["seconds"][k] for r in ok)
-    for k in ("peak_rss_mib", "codec_rss_mib", "gpu_peak_mib"):
+    for k in ("peak_rss_mib", "gpu_peak_mib"):
         if all(k in r for r in ok):
             s[k] = max(r[k] for r in ok)
     s["rss_before_mib"] = max((r.get("rss_before_mib") or 0) for r in ok) or None
@@ -484,25 +483,24 @@ def report(res: dict) -> str:
           f"{p['density']:g} pulses/m2 | {f['bytes'] / 2**20:.0f} MiB | "
           f"{'cached' if f['cached'] else 'now, %.0f s' % f['seconds']} |")
     w()
-    w("classify_file in a fresh process (medians; peak RSS: the process's VmHWM, imports and model included; codec: "
-      "the largest peak RSS of its LAZ decode/encode child processes, which run beside it; cores used: CPU s of "
-      "the process and its children / wall s):")
+    w("classify_file in a fresh process (medians; peak RSS: the process's VmHWM, imports and model included; its "
+      "LAZ decode/encode child processes, numpy and laspy only, about 120 MiB each, run beside it; cores used: "
+      "CPU s of the process and its children / wall s):")
     w()
-    w("| file | device, threads | runs | end to end | points/s | read | classify | write | peak RSS | codec RSS | "
+    w("| file | device, threads | runs | end to end | points/s | read | classify | write | peak RSS | "
       "cores used | other load | target pts/s | target RSS |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for f in res["files"]:
         for cfg in res["configs_run"]:
             s = res["summary"][f"{f['label']}|{cfg_name(*cfg)}"]["api"]
             if not s.get("n"):
-                w(f"| {f['label']} | {cfg_name(*cfg)} | 0 | failed | | | | | | | | | n/a | n/a |")
+                w(f"| {f['label']} | {cfg_name(*cfg)} | 0 | failed | | | | | | | | n/a | n/a |")
                 continue
             rng = f" ({fmt(s['min_pps'])}-{fmt(s['max_pps'])})" if s["n"] > 1 else ""
             gpu = f" (GPU {s['gpu_peak_mib']:.0f} MiB)" if s.get("gpu_peak_mib") else ""
             w(f"| {f['label']} ({s['points']:,}) | {cfg_name(*cfg)} | {s['n']} | {s['wall_s']:.1f} s | "
               f"{fmt(s['points_per_s'])}{rng} | {s['read_s']:.1f} s | {s['classify_s']:.1f} s | "
-              f"{s['write_s']:.1f} s | {s['peak_rss_mib']:.0f} MiB{gpu} | {s.get('codec_rss_mib', 0):.0f} MiB | "
-              f"{s['cores_used']:.2f} | {s['other_load_cores']:.2f} cores | {pps_verdict(s, *cfg)} | "
+              f"{s['write_s']:.1f} s | {s['peak_rss_mib']:.0f} MiB{gpu} | {s['cores_used']:.2f} | {s['other_load_cores']:.2f} cores | {pps_verdict(s, *cfg)} | "
               f"{rss_verdict(s)} |")
     scal = scaling_rows(res)
     if scal:
@@ -582,7 +580,7 @@ def to_csv(res: dict) -> str:
             "size_label": r["size_label"], "points": r.get("points", ""), "mode": r["mode"], "device": r["device"],
             "threads": r["threads"], "repeat": r["repeat"], "status": r["status"],
             **{k: (f"{r[k]:.4g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in
-               ("wall_s", "points_per_s", "peak_rss_mib", "codec_rss_mib", "rss_before_mib", "cpu_s", "cores_used",
+               ("wall_s", "points_per_s", "peak_rss_mib", "rss_before_mib", "cpu_s", "cores_used",
                 "other_load_cores", "loadavg_1m")},
             **{f"{k}_s": f"{sec[k]:.4g}" if k in sec else "" for k in ("read", "classify", "write")},
             "model": res["model_kind"],
@@ -649,7 +647,7 @@ def plot(res: dict, path: str) -> None:
                 ax.annotate(f"{b.get_height():.0f}", (b.get_x() + b.get_width() / 2, b.get_height()),
                             ha="center", va="bottom", fontsize=7)
         top = max([top] + v)
-    ax.axhline(TARGET_RSS_MIB, color="red", ls="--", lw=1, label=f"target {TARGET_RSS_MIB:.0f} MiB")
+    ax.axhline(TARGET_RSS_MIB, color="red", ls="--", lw=1, label=f"target 1.5 GB ({TARGET_RSS_MIB:.0f} MiB)")
     ax.set_ylim(0, 1.3 * top)
     ax.set_ylabel("peak RSS of the process (MiB)")
     ax.set_title("peak RSS vs file size")
