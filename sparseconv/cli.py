@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from .io import OPEN3D_SUFFIXES, LasError, is_open3d_file, las_info, open3d_to_las, read_chunks
+from .io import OPEN3D_SUFFIXES, LasError, is_open3d_file, las_info, read_chunks
 from .metrics import confusion_matrix, parse_remap, scores
 
 ASPRS = {0: "never classified", 1: "unclassified", 2: "ground", 3: "low vegetation", 4: "medium vegetation",
@@ -121,13 +121,13 @@ def cmd_train(args):
 
 
 def cmd_classify(args):
-    import tempfile
     import time
 
     import torch
 
     from . import distributed as sd
-    from .lidar import classify_file, load_checkpoint
+    from .lidar import load_checkpoint
+    from .lidar.classify import classify_files
 
     paths = _las_files(args.inputs, "IN", (".las", ".laz") + OPEN3D_SUFFIXES)
     rank, world = sd.init()  # under torchrun each process classifies its share of the files
@@ -137,6 +137,10 @@ def cmd_classify(args):
         os.makedirs(args.output, exist_ok=True)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device: {args.device} requested, but torch sees no CUDA device")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected at least 1, got {args.threads}")
+    if args.batch_points < 1:
+        raise ValueError(f"--batch-points: expected at least 1, got {args.batch_points}")
     device = args.device
     if world > 1 and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
@@ -144,21 +148,19 @@ def cmd_classify(args):
     model, config, _ = load_checkpoint(args.model)
     done, t_start = 0, time.perf_counter()
     mine = sd.shard_balanced(paths, [os.path.getsize(p) for p in paths])  # by bytes, not count
-    for path in mine:
+
+    def output(path):
         name = os.path.basename(path)
         if is_open3d_file(path):  # PLY/PCD/XYZ/PTS: classified into a LAZ of the same name
             name = os.path.splitext(name)[0] + ".laz"
-        dst = os.path.join(args.output, name) if to_folder else args.output
-        t0 = time.perf_counter()
-        opts = dict(overwrite=args.overwrite, device=device, progress=not args.quiet and world == 1,
-                    tile_size=args.tile_size)
-        if is_open3d_file(path):
-            with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(dst))) as tmp:
-                las = open3d_to_las(path, os.path.join(tmp, "input.las"))
-                r = classify_file(las, dst, model, config, **opts)
-        else:
-            r = classify_file(path, dst, model, config, **opts)
-        dt = time.perf_counter() - t0
+        return os.path.join(args.output, name) if to_folder else args.output
+
+    # Files overlap: the next is decoded while one's network runs, one is encoded while the next is classified.
+    results = classify_files([(p, output(p)) for p in mine], model, config, overwrite=args.overwrite, device=device,
+                             progress=not args.quiet and world == 1, tile_size=args.tile_size, threads=args.threads,
+                             batch_points=args.batch_points)
+    for path, dst, r in results:
+        dt = r["seconds"]["total"]
         done += r["points"]
         print(f"{tag}{path} -> {dst}: {r['points']:,} points in {dt:.1f} s ({r['points'] / dt:,.0f} points/s; "
               + ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items() if k != "total") + ")")
@@ -168,10 +170,12 @@ def cmd_classify(args):
             png = os.path.splitext(dst)[0] + ".png"
             _topdown(dst, png)
             print(f"  wrote {png}")
+    dt = time.perf_counter() - t_start
+    if world == 1 and len(mine) > 1:
+        print(f"{len(mine)} files, {done:,} points in {dt:.1f} s ({done / dt:,.0f} points/s)")
     if world > 1:
         total = sd.reduce_sum({"points": done, "files": len(mine)})
         if rank == 0:
-            dt = time.perf_counter() - t_start
             print(f"{world} processes: {int(total['files'])} files, {int(total['points']):,} points in {dt:.1f} s "
                   f"({total['points'] / dt:,.0f} points/s)")
     sd.cleanup()
@@ -248,6 +252,11 @@ def build_parser():
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--tile-size", type=float, default=128.0,
                    help="inference tile in metres (default 128; the model's overlap is added on every side)")
+    p.add_argument("--threads", type=int, help="cores to use (default: torch's thread count, all cores unless "
+                                               "OMP_NUM_THREADS says otherwise); 1: everything on one thread")
+    p.add_argument("--batch-points", type=int, default=300_000,
+                   help="points per forward (default 300000); other values move a few labels (float rounding), "
+                        "larger ones may run faster on a GPU")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--png", action="store_true", help="also write a top-down PNG coloured by class")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

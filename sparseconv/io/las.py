@@ -24,12 +24,20 @@ def _laspy():
     return laspy
 
 
-def _open(path):
+def laz_backend(parallel):
+    """lazrs on several threads (one LAZ chunk of 50,000 points per task; RAYON_NUM_THREADS caps them) or on the
+    calling thread: the same points and the same file bytes either way. None (laspy's choice) without lazrs."""
+    laspy = _laspy()
+    backend = laspy.LazBackend.LazrsParallel if parallel else laspy.LazBackend.Lazrs
+    return backend if backend.is_available() else None
+
+
+def _open(path, parallel=True):
     laspy = _laspy()
     if not os.path.isfile(path):
         raise LasError(f"{path}: no such file")
     try:
-        reader = laspy.open(path)
+        reader = laspy.open(path, laz_backend=laz_backend(parallel))
     except Exception as e:  # laspy raises LaspyException, OSError, ValueError on bad headers
         raise LasError(f"{path}: not a readable LAS/LAZ file ({_first_line(e)})") from None
     if reader.header.point_count == 0:
@@ -43,10 +51,10 @@ def _first_line(e):
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def read_chunks(path, chunk_size=DEFAULT_CHUNK):
+def read_chunks(path, chunk_size=DEFAULT_CHUNK, parallel=True):
     """Yields laspy point records of at most chunk_size points, in file order. A truncated or corrupt file raises
-    LasError at the chunk where it fails."""
-    with _open(path) as reader:
+    LasError at the chunk where it fails. parallel: LAZ decoded on every core (see laz_backend)."""
+    with _open(path, parallel) as reader:
         done = 0
         try:
             for points in reader.chunk_iterator(chunk_size):
@@ -113,12 +121,11 @@ def write_classified(src, dst, classify, overwrite=False, chunk_size=DEFAULT_CHU
     if not os.path.isdir(folder):
         raise LasError(f"{dst}: folder {folder} does not exist")
     compress = dst.lower().endswith(".laz")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sparseconv-", suffix=".laz" if compress else ".las")
-    os.close(fd)
+    tmp = temporary_output(dst)
     counts = np.zeros(256, np.int64)
     try:
         with _open(src) as reader:
-            max_code = 255 if reader.header.point_format.id >= 6 else 31
+            max_code = max_class_code(reader.header.point_format.id)
             with laspy.open(tmp, mode="w", header=reader.header, do_compress=compress) as writer:
                 for points in read_chunks(src, chunk_size):
                     codes = np.asarray(classify(points))
@@ -135,3 +142,16 @@ def write_classified(src, dst, classify, overwrite=False, chunk_size=DEFAULT_CHU
         if os.path.exists(tmp):
             os.remove(tmp)
     return {int(c): int(n) for c, n in enumerate(counts) if n}
+
+
+def max_class_code(point_format_id):
+    """Largest classification a point format stores: 5 bits before LAS 1.4's formats 6-10, 8 bits from them."""
+    return 255 if point_format_id >= 6 else 31
+
+
+def temporary_output(dst):
+    """A new empty file beside dst with its suffix: written, then renamed to dst, an output appears only complete."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=".sparseconv-",
+                               suffix=".laz" if dst.lower().endswith(".laz") else ".las")
+    os.close(fd)
+    return tmp

@@ -1,33 +1,70 @@
-"""Streaming classification of a LAS/LAZ file in bounded memory.
+"""Streaming classification of LAS/LAZ files in bounded memory, on every core, several files overlapped.
 
-Three passes, none of which holds the whole file:
+Per file, three passes, none of which holds the whole file:
 
-1. read in chunks: per-file statistics (intensity ranks, colour depth) and a spill of every point into the
-   block of tiles it belongs to (plus the neighbouring blocks whose windows need it as context), on disk;
-2. per block: ground estimate, tiles with overlap through the network in batches, softmax scores summed over
-   every window that covers a point (its own block's windows), the winning class written to an on-disk label
-   array at the point's position in the file;
-3. read again in chunks and write the classified copy (io.write_classified: temporary file, then rename).
+1. read: the file is decoded once (io.raw.Decoder: records to a raw file on disk, in a child process when there
+   are threads to spare) and read back in chunks: per-file statistics (intensity ranks, colour depth) and a
+   spill of every point into its block of tiles and the neighbouring blocks that need it as context (spill.py);
+2. classify, per block: ground estimate, tiles with overlap through the network in batches on worker threads
+   (runner.OrderedRunner; the next block is prepared meanwhile), softmax scores summed in batch order over
+   every window that covers a point, the winning class written to an on-disk label array at the point's row;
+3. write: io.raw.Encoder writes the classified copy from the raw records and the labels (temporary file, then
+   rename), in a child process when there are threads to spare.
 
-Peak memory is set by the block size (about `block_points` points) and the batch, not by the file.
+Over several files (classify_files) the next file is decoded while this one's network runs, and this one is
+encoded while the next is read and classified. The labels do not depend on the threads: same bytes out.
+Peak memory is set by the block size (about `block_points` points), the batch and the workers, not the file.
 """
+import ctypes
 import math
 import os
 import tempfile
 import time
+from collections import deque
+from functools import partial
 
 import numpy as np
 import torch
 
-from ..io import LasError, read_chunks, write_classified
-from ..io.las import _open
+from ..io import LasError, is_open3d_file, open3d_to_las
+from ..io.las import _open, max_class_code, temporary_output
+from ..io.raw import Child, Decoder, Encoder, read_records
 from .decide import decide
 from .features import height_above_ground, shape_features
+from .runner import OrderedRunner
 from .source import RGB, FileStats, record_arrays
-from .windows import grid_shape, make_batch, split_by_id, tile_index, window_members
+from .spill import BlockPlan, Spill
+from .windows import make_batch, split_by_id, tile_index, window_members
 
-_BASE_DTYPE = [("row", "<i8"), ("x", "<f8"), ("y", "<f8"), ("z", "<f8"), ("intensity", "<u2"),
-               ("return_number", "u1"), ("number_of_returns", "u1")]
+# Points per forward. Which windows share a batch shows in the float rounding (the kernels' sizes and paths
+# follow the batch): other batch sizes move a few labels (115 of 1.2M points at 1.5M), so the default stays
+# the same on every device and thread count.
+BATCH_POINTS = 300_000
+MAX_WORKERS = 4  # worker threads on a CPU: beyond this, more torch threads per worker (memory per batch)
+
+
+def _glibc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: its default allocator behaviour, nothing to tune
+        return None
+
+
+_LIBC = _glibc()
+
+
+def _share_arenas():
+    """glibc gives each thread that allocates its own arena and keeps what is freed there for reuse by that
+    thread only: with batches on worker threads the RSS crept to 1.62 GB on a 5M-point file whose live arrays
+    stay near 1 GB. Two arenas for the whole process, set once (new threads only; no measurable cost)."""
+    if _LIBC is not None:
+        _LIBC.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def _trim():
+    """Hands the pages freed with a part back to the system (glibc keeps them otherwise; a few ms)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _bar(total, desc, enabled):
@@ -38,32 +75,6 @@ def _bar(total, desc, enabled):
     except ImportError:
         return None
     return tqdm(total=total, desc=desc, unit="pt", unit_scale=True, leave=False)
-
-
-class _Spill:
-    """Per-block files of point records (appended chunk by chunk)."""
-
-    def __init__(self, folder, dtype):
-        self.folder, self.dtype, self.counts = folder, dtype, {}
-
-    def path(self, block):
-        return os.path.join(self.folder, f"block_{block}.bin")
-
-    def append(self, block, records):
-        with open(self.path(block), "ab") as f:
-            records.tofile(f)
-        self.counts[block] = self.counts.get(block, 0) + records.size
-
-    def load(self, block):
-        return np.fromfile(self.path(block), self.dtype)
-
-
-def _record(pts, rows, dtype):
-    rec = np.empty(rows.size, dtype)
-    rec["row"] = rows
-    for name in dtype.names[1:]:
-        rec[name] = pts[name]
-    return rec
 
 
 @torch.no_grad()
@@ -78,105 +89,160 @@ def _in_square(ti, tj, square):
     return (ti >= x) & (ti < x + side) & (tj >= y) & (tj < y + side)
 
 
-def _classify_part(pts, rows, part, block, model, labels, codes, lo, tile, overlap, grid, batch_points, names,
-                   voxel, lut, rgb_div, device):
-    """Labels the points whose tile lies in `part` (a square of tiles inside `block`, both (first tile x,
-    first tile y, side)); pts holds them plus every point within the overlap around the part, rows their
-    rows in the file. Scores of every window covering a point are summed. Returns the points labelled."""
-    ntx, nty = grid
-    # The ground estimate sees the part and its margin: the same context the windows get.
-    hag = height_above_ground(pts["x"], pts["y"], pts["z"])
-    pts = {**pts, **shape_features(pts, names)}  # once per part, like the ground; the windows slice them
-    win, ids = window_members(pts["x"], pts["y"], lo[0], lo[1], tile, overlap, ntx, nty)
-    wi, wj = ids // nty, ids % nty
-    mine = _in_square(wi, wj, block)
-    if part != block:
-        mine &= _in_square(wi, wj, part)
-    score = torch.zeros(rows.size, codes.size)
-    pending, pending_rows, n_pending = [], [], 0
-    groups = split_by_id(win[mine], ids[mine])
-    for g, (_, r) in enumerate(groups):
-        pending.append(({name: v[r] for name, v in pts.items()}, hag[r], lut, rgb_div))
-        pending_rows.append(r)
-        n_pending += r.size
-        if n_pending >= batch_points or g == len(groups) - 1:
-            prob = _predict(model, make_batch(pending, names, voxel), device)
-            score.index_add_(0, torch.from_numpy(np.concatenate(pending_rows)), prob)
-            pending, pending_rows, n_pending = [], [], 0
-    ti, tj = tile_index(pts["x"], lo[0], tile, ntx), tile_index(pts["y"], lo[1], tile, nty)
-    own = _in_square(ti, tj, block)
-    if part != block:
-        own &= _in_square(ti, tj, part)
-    labels[rows[own]] = decide(score[torch.from_numpy(own)], codes)
-    return int(own.sum())
+def workers_for(threads, device):
+    """(network worker threads, torch threads each): none with one thread (all on the calling thread); on a
+    GPU two, so that one prepares a batch (features, voxels on the CPU) while the other's runs."""
+    if threads <= 1:
+        return 0, 1
+    workers = min(threads, MAX_WORKERS) if torch.device(device).type == "cpu" else 2
+    return workers, max(1, threads // workers)
 
 
-def classify_file(src, dst, model, config, overwrite=False, device="cpu", batch_points=300_000,
-                  block_points=2_000_000, chunk_size=1_000_000, progress=True, tmp_dir=None, tile_size=128.0):
-    """Classifies src into dst (LAS or LAZ by extension). Returns a dict: points, seconds per phase, class
-    histogram written, parts (how many pieces ran through pass 2: one per block unless points cluster).
+class _Part:
+    """A square of tiles inside a block (both (first tile x, first tile y, side)) and every point within the
+    overlap around it (pts, their rows in the file): its windows in batches, scores summed over every window
+    covering a point (its own block's windows), labels for the points whose tile lies in the part."""
 
-    tile_size: inference tiles in metres (None: the training tile). The network is convolutional, so larger
-    tiles than in training only add context, and the overlap (config["overlap"] on every side) costs less."""
-    src_abs, dst_abs = os.path.abspath(src), os.path.abspath(dst)
-    if src_abs == dst_abs:
-        raise LasError(f"{dst}: is the input file; choose another output")
-    if os.path.exists(dst) and not overwrite:
-        raise LasError(f"{dst}: exists; pass --overwrite to replace it")
-    if not os.path.isdir(os.path.dirname(dst_abs)):
-        raise LasError(f"{dst}: folder {os.path.dirname(dst_abs)} does not exist")
-    with _open(src) as reader:
-        h = reader.header
-        n_total = int(h.point_count)
+    def __init__(self, pts, rows, part, block, plan, batch_points, n_classes, names):
+        ntx, nty = plan.ntx, plan.nty
+        lo, tile = plan.lo, plan.tile
+        # The ground estimate sees the part and its margin: the same context the windows get.
+        self.hag = height_above_ground(pts["x"], pts["y"], pts["z"])
+        # Shape features once per part, like the ground (nothing for a model without them); windows slice them.
+        self.pts, self.rows = {**pts, **shape_features(pts, names)}, rows
+        win, ids = window_members(pts["x"], pts["y"], lo[0], lo[1], tile, plan.overlap, ntx, nty)
+        wi, wj = ids // nty, ids % nty
+        mine = _in_square(wi, wj, block)
+        if part != block:
+            mine &= _in_square(wi, wj, part)
+        self.batches, pending, n_pending = [], [], 0
+        groups = split_by_id(win[mine], ids[mine])
+        for g, (_, r) in enumerate(groups):
+            pending.append(r)
+            n_pending += r.size
+            if n_pending >= batch_points or g == len(groups) - 1:
+                self.batches.append(pending)
+                pending, n_pending = [], 0
+        ti, tj = tile_index(pts["x"], lo[0], tile, ntx), tile_index(pts["y"], lo[1], tile, nty)
+        self.own = _in_square(ti, tj, block)
+        if part != block:
+            self.own &= _in_square(ti, tj, part)
+        self.score = torch.zeros(rows.size, n_classes)
+        self.futures = []
+
+    def submit(self, runner, model, device, names, voxel, lut, rgb_div):
+        for windows in self.batches:
+            rows = torch.from_numpy(np.concatenate(windows))
+            compute = partial(self._compute, windows, model, device, names, voxel, lut, rgb_div)
+            self.futures.append(runner.submit(compute, partial(self._commit, rows)))
+
+    def _compute(self, windows, model, device, names, voxel, lut, rgb_div):
+        # The windows' copies of their points are dropped before the forward (memory per worker).
+        inputs = make_batch([({n: v[r] for n, v in self.pts.items()}, self.hag[r], lut, rgb_div) for r in windows],
+                            names, voxel)
+        return _predict(model, inputs, device)
+
+    def _commit(self, rows, prob):
+        self.score.index_add_(0, rows, prob)
+
+    def finish(self, labels, codes):
+        """Waits for the batches, writes the labels of the part's own points; returns their codes."""
+        for f in self.futures:
+            f.result()
+        out = decide(self.score[torch.from_numpy(self.own)], codes)
+        labels[self.rows[self.own]] = out
+        return out
+
+
+class _File:
+    """One input through the three passes; close() undoes whatever is left (children, temporary files)."""
+
+    def __init__(self, src, dst, config, opts):
+        src_abs, dst_abs = os.path.abspath(src), os.path.abspath(dst)
+        if src_abs == dst_abs:
+            raise LasError(f"{dst}: is the input file; choose another output")
+        if os.path.exists(dst) and not opts["overwrite"]:
+            raise LasError(f"{dst}: exists; pass --overwrite to replace it")
+        if not os.path.isdir(os.path.dirname(dst_abs)):
+            raise LasError(f"{dst}: folder {os.path.dirname(dst_abs)} does not exist")
+        self.t0, self.times, self.opts = time.perf_counter(), {}, opts
+        self.input = self.src = src
+        self.dst, self.decoder, self.encoder, self.writer, self.out_tmp = dst, None, None, None, None
+        self.tmp = tempfile.TemporaryDirectory(dir=opts["tmp_dir"] or os.path.dirname(dst_abs), prefix=".sparseconv-")
+        try:
+            if is_open3d_file(src):  # PLY/PCD/XYZ/PTS: through a LAS copy
+                self.src = open3d_to_las(src, self._path("input.las"))
+            self._plan(config)
+            self.decoder = Decoder(self.src, self._path("points.raw"), opts["chunk_size"], opts["threads"])
+        except BaseException:
+            self.close()
+            raise
+
+    def _path(self, name):
+        return os.path.join(self.tmp.name, name)
+
+    def _plan(self, config):
+        with _open(self.src) as reader:
+            h = self.header = reader.header
+        self.n = int(h.point_count)
         lo, hi = np.asarray(h.mins, np.float64), np.asarray(h.maxs, np.float64)
-        has_rgb = all(c in set(h.point_format.dimension_names) for c in RGB)
-    names, codes = list(config["features"]), np.asarray(config["classes"], np.int64)
-    tile = float(tile_size or config["tile_size"])
-    overlap, voxel = float(config["overlap"]), float(config["voxel_size"])
-    if not tile > 2 * overlap:
-        raise ValueError(f"tile_size: expected more than twice the overlap ({2 * overlap} m), got {tile}")
-    if any(c in names for c in RGB) and not has_rgb:
-        raise LasError(f"{src}: the model uses colour (RGB) but the file's point format "
-                       f"{h.point_format.id} has none")
-    model = model.to(device).eval()
-    # Blocks are whole numbers of tiles holding about block_points points at the file's mean density.
-    area = max((hi[0] - lo[0]) * (hi[1] - lo[1]), 1.0)
-    k = max(1, int(math.sqrt(block_points * area / max(n_total, 1)) / tile))
-    block = k * tile
-    nbx, nby = grid_shape(lo[0], lo[1], hi[0], hi[1], block)
-    ntx, nty = nbx * k, nby * k
-    dtype = np.dtype(_BASE_DTYPE + ([(c, "<u2") for c in RGB] if has_rgb else []))
-    times, t0 = {}, time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=tmp_dir or os.path.dirname(dst_abs), prefix=".sparseconv-") as tmp:
-        spill, stats = _Spill(tmp, dtype), FileStats()
-        bar, start = _bar(n_total, "read", progress), 0
-        for chunk in read_chunks(src, chunk_size):
-            pts = record_arrays(chunk)
-            stats.add(pts)
-            rows, blocks = window_members(pts["x"], pts["y"], lo[0], lo[1], block, overlap, nbx, nby)
-            for b, r in split_by_id(rows, blocks):
-                spill.append(b, _record({k_: v[r] for k_, v in pts.items()}, r + start, dtype))
-            start += pts["x"].size
+        self.has_rgb = all(c in set(h.point_format.dimension_names) for c in RGB)
+        tile = float(self.opts["tile_size"] or config["tile_size"])
+        overlap = float(config["overlap"])
+        if not tile > 2 * overlap:
+            raise ValueError(f"tile_size: expected more than twice the overlap ({2 * overlap} m), got {tile}")
+        if any(c in config["features"] for c in RGB) and not self.has_rgb:
+            raise LasError(f"{self.src}: the model uses colour (RGB) but the file's point format "
+                           f"{h.point_format.id} has none")
+        self.plan = BlockPlan(lo, hi, self.n, tile, overlap, self.opts["block_points"])
+
+    def read(self, runner):
+        """Pass 1: the decoded records, chunk by chunk, into statistics and the block spill. A chunk's blocks are
+        sorted out on a worker; statistics and block files take the chunks in file order."""
+        t0 = time.perf_counter()
+        self.spill, self.stats = Spill(self.tmp.name, self.plan, self.has_rgb), FileStats()
+        bar, start, pending = _bar(self.n, "read", self.opts["progress"]), 0, deque()
+
+        def sort_out(points, start):
+            pts = record_arrays(points)
+            return pts, self.spill.split(pts, start)
+
+        def store(out):
+            self.stats.add(out[0])
+            self.spill.append(out[1])
             if bar:
-                bar.update(pts["x"].size)
+                bar.update(out[0]["x"].size)
+
+        with open(self._path("points.raw"), "rb") as f:
+            for done in self.decoder.counts():  # chunk_size points each (the spill's order depends on it)
+                pending.append(runner.submit(partial(sort_out, read_records(f, self.header, done - start), start),
+                                             store))
+                while len(pending) > max(runner.workers, 1):  # bounded: a chunk in memory per worker
+                    pending.popleft().result()
+                start = done
+        while pending:
+            pending.popleft().result()
+        if start != self.n:  # decode() raises on a short file; this guards the hand-over itself
+            raise LasError(f"{self.src}: {start} of {self.n} points decoded")
         if bar:
             bar.close()
-        times["read"] = time.perf_counter() - t0
-        lut, rgb_div = stats.lut, stats.rgb_div
-        labels = np.lib.format.open_memmap(os.path.join(tmp, "labels.npy"), "w+", np.uint8, (n_total,))
-        t1, bar = time.perf_counter(), _bar(n_total, "classify", progress)
-        n_run = 0
-        for b in sorted(spill.counts):
-            rec = spill.load(b)
-            pts = {name: rec[name] for name in dtype.names[1:]}
-            bi, bj = divmod(b, nby)
+        self.decoder.close()
+        self.times["read"] = time.perf_counter() - t0
+
+    def _parts(self, batch_points, n_classes, names):
+        """The spilled blocks as parts, prepared in file order."""
+        plan, k = self.plan, self.plan.k
+        for b in sorted(self.spill.counts):
+            rec = self.spill.load(b)
+            pts = {name: rec[name] for name in self.spill.dtype.names[1:]}
+            bi, bj = divmod(b, plan.nby)
             # Where points cluster, a block holds more than planned (the plan assumed the bounding box's mean
             # density). It then runs as parts of s x s tiles, s set by its densest tile so that a part holds
             # about block_points points: memory stays bounded. Otherwise the block is one part (s == k).
-            s = k
+            s, block_points = k, self.opts["block_points"]
             if rec.size > 2 * block_points:
-                ti = tile_index(pts["x"], lo[0], tile, ntx) - bi * k
-                tj = tile_index(pts["y"], lo[1], tile, nty) - bj * k
+                ti = tile_index(pts["x"], plan.lo[0], plan.tile, plan.ntx) - bi * k
+                tj = tile_index(pts["y"], plan.lo[1], plan.tile, plan.nty) - bj * k
                 inb = (ti >= 0) & (ti < k) & (tj >= 0) & (tj < k)
                 densest = np.bincount(ti[inb] * k + tj[inb], minlength=k * k).max()
                 s = max(1, min(k, int(math.sqrt(block_points / max(densest, 1)))))
@@ -184,30 +250,151 @@ def classify_file(src, dst, model, config, overwrite=False, device="cpu", batch_
             if s == k:
                 parts = [(0, None)]  # the whole block
             else:  # each part's points and those within the overlap around it: all its windows need
-                parts = split_by_id(*window_members(pts["x"], pts["y"], lo[0] + bi * k * tile, lo[1] + bj * k * tile,
-                                                    s * tile, overlap, n_parts, n_parts))
-            n_run += len(parts)
+                parts = split_by_id(*window_members(pts["x"], pts["y"], plan.lo[0] + bi * k * plan.tile,
+                                                    plan.lo[1] + bj * k * plan.tile, s * plan.tile, plan.overlap,
+                                                    n_parts, n_parts))
+            self.n_parts += len(parts)
             for pid, sel in parts:
                 part = (bi * k + (pid // n_parts) * s, bj * k + (pid % n_parts) * s, s)  # first tile x, y; side
                 sub = pts if sel is None else {n_: v[sel] for n_, v in pts.items()}
                 rows = rec["row"] if sel is None else rec["row"][sel]
-                done = _classify_part(sub, rows, part, (bi * k, bj * k, k), model, labels, codes, lo,
-                                      tile, overlap, (ntx, nty), batch_points, names, voxel, lut, rgb_div, device)
-                if bar:
-                    bar.update(done)
+                yield _Part(sub, rows, part, (bi * k, bj * k, k), plan, batch_points, n_classes, names)
+
+    def classify(self, runner, model, config, device):
+        """Pass 2: labels of every point into labels.npy. Part p + 1 is prepared while p's batches run."""
+        t0, o = time.perf_counter(), self.opts
+        if o["threads"] > 1:  # the encoder's process, started now so that it is ready when the labels are
+            self.writer = Child(o["threads"])
+        names, codes = list(config["features"]), np.asarray(config["classes"], np.int64)
+        voxel, lut, rgb_div = float(config["voxel_size"]), self.stats.lut, self.stats.rgb_div
+        labels = np.lib.format.open_memmap(self._path("labels.npy"), "w+", np.uint8, (self.n,))
+        counts, running, self.n_parts = np.zeros(256, np.int64), deque(), 0
+        bar = _bar(self.n, "classify", o["progress"])
+
+        def finish(part):
+            out = part.finish(labels, codes)
+            counts[:] += np.bincount(out, minlength=256)
+            if bar:
+                bar.update(out.size)
+
+        parts = self._parts(o["batch_points"], codes.size, names)
+        while True:
+            with runner.beside():  # preparing the next part, while the batches before it run
+                part = next(parts, None)
+            if part is None:
+                break
+            part.submit(runner, model, device, names, voxel, lut, rgb_div)
+            running.append(part)
+            if len(running) > 1:
+                finish(running.popleft())
+                _trim()  # the part just finished is gone
+        while running:
+            finish(running.popleft())
         if bar:
             bar.close()
-        times["classify"] = time.perf_counter() - t1
-        t2, done = time.perf_counter(), [0]
+        labels.flush()  # the encoder reads it
+        self.spill.remove()
+        self.counts = counts
+        present = np.flatnonzero(counts)
+        max_code, fmt = max_class_code(self.header.point_format.id), self.header.point_format.id
+        if present.size and present.max() > max_code:
+            raise LasError(f"{self.dst}: class codes must lie in [0, {max_code}] for point format {fmt}, "
+                           f"got [{present.min()}, {present.max()}]")
+        self.times["classify"] = time.perf_counter() - t0
 
-        def take(points):
-            n = len(points)
-            out = labels[done[0]:done[0] + n]
-            done[0] += n
-            return out
+    def start_write(self):
+        """Pass 3 begins: the classified copy is encoded into a temporary file beside dst."""
+        self.out_tmp = temporary_output(self.dst)
+        self.encoder = Encoder(self.src, self._path("points.raw"), self._path("labels.npy"), self.out_tmp,
+                               self.opts["chunk_size"], self.writer)
 
-        histogram = write_classified(src, dst, take, overwrite=overwrite, chunk_size=chunk_size)
-        times["write"] = time.perf_counter() - t2
-        del labels
-    times["total"] = time.perf_counter() - t0
-    return {"points": n_total, "seconds": times, "classes": histogram, "parts": n_run}
+    def finish(self):
+        """Waits for the encoder, renames the output into place; returns (input, dst, result)."""
+        try:
+            self.times["write"] = self.encoder.wait()
+            os.replace(self.out_tmp, os.path.abspath(self.dst))
+        finally:
+            self.close()
+        self.times["total"] = time.perf_counter() - self.t0
+        classes = {int(c): int(n) for c, n in enumerate(self.counts) if n}
+        return self.input, self.dst, {"points": self.n, "seconds": self.times, "classes": classes,
+                                      "parts": self.n_parts}
+
+    def close(self):
+        """Idempotent."""
+        for child in (self.decoder, self.encoder, self.writer):
+            if child is not None:
+                child.close()
+        if self.out_tmp and os.path.exists(self.out_tmp):
+            os.remove(self.out_tmp)
+        self.tmp.cleanup()
+
+
+def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_points=BATCH_POINTS,
+                   block_points=2_000_000, chunk_size=1_000_000, progress=True, tmp_dir=None, tile_size=128.0,
+                   threads=None):
+    """Classifies each (src, dst) of jobs (LAS or LAZ by dst's extension; PLY/PCD/XYZ/PTS inputs through Open3D);
+    yields (src, dst, result) in order as each output is complete. result: points, seconds per phase, class
+    histogram written, parts (how many pieces ran through pass 2: one per block unless points cluster).
+
+    threads: cores to use (default torch's thread count); 1 runs everything on the calling thread.
+    batch_points: points per forward; another value than the default moves a few labels (float rounding), a
+    larger one may run faster on a GPU.
+    tile_size: inference tiles in metres (None: the training tile). The network is convolutional, so larger
+    tiles than in training only add context, and the overlap (config["overlap"] on every side) costs less.
+    A failing file raises after the outputs of the files before it are complete."""
+    jobs = list(jobs)
+    threads = max(1, int(threads or torch.get_num_threads()))
+    opts = {"overwrite": overwrite, "batch_points": batch_points, "block_points": block_points,
+            "chunk_size": chunk_size, "progress": progress, "tmp_dir": tmp_dir, "tile_size": tile_size,
+            "threads": threads}
+    model = model.to(device).eval()
+    _share_arenas()
+    runner = OrderedRunner(*workers_for(threads, device))
+    writing = ahead = None  # the file being encoded; the next one, decoding ahead (or the error it raised)
+    try:
+        for i, (src, dst) in enumerate(jobs):
+            try:
+                if isinstance(ahead, Exception):
+                    raise ahead
+                cur, ahead = ahead or _File(src, dst, config, opts), None
+                try:
+                    cur.read(runner)
+                    if i + 1 < len(jobs):
+                        ahead = _ahead(*jobs[i + 1], config, opts)
+                    cur.classify(runner, model, config, device)
+                except BaseException:
+                    cur.close()
+                    raise
+            except Exception:
+                if writing is not None:  # the file before is fine: complete it, then report this one's error
+                    yield writing.finish()
+                    writing = None
+                raise
+            if writing is not None:
+                yield writing.finish()
+            cur.start_write()
+            writing = cur
+        if writing is not None:
+            yield writing.finish()
+            writing = None
+    finally:
+        for f in (writing, ahead):
+            if isinstance(f, _File):
+                f.close()
+        runner.close()
+
+
+def _ahead(src, dst, config, opts):
+    """The next file opened and its decoding started; an error is returned, to be raised at its turn (after the
+    files before it are complete, as if it had not been opened early)."""
+    try:
+        return _File(src, dst, config, opts)
+    except Exception as e:
+        return e
+
+
+def classify_file(src, dst, model, config, **kwargs):
+    """Classifies src into dst (see classify_files for the options); returns the result dict."""
+    for _, _, result in classify_files([(src, dst)], model, config, **kwargs):
+        return result

@@ -15,8 +15,8 @@ WATER_MIN_PROB = 0.8  # mean softmax probability over the windows covering the p
 def decide(score, codes, water_min_prob=WATER_MIN_PROB):
     """score [P, K] tensor (softmax probabilities summed over windows), codes [K] ASPRS codes -> [P] codes."""
     codes = np.asarray(codes, np.int64)
-    prob = score / score.sum(1, keepdim=True).clamp_min(1e-12)
-    conf, best = prob.max(1)
+    best = score.argmax(1)  # on the sums themselves: the labels of every other class as before the rule
+    conf = score.gather(1, best[:, None])[:, 0] / score.sum(1).clamp_min(1e-12)
     out = codes[best.numpy()]
     if WATER in codes and UNCLASSIFIED in codes:
         out[(out == WATER) & (conf < water_min_prob).numpy()] = UNCLASSIFIED

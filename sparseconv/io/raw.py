@@ -1,0 +1,177 @@
+"""A LAS/LAZ file's point records as one uncompressed file of raw records (file order), and back.
+
+`sparseconv classify` decodes its input once: decode() puts the records on disk as they are decoded, the
+passes that follow read them back with read_records(), and encode() writes the classified copy from them.
+
+lazrs holds the GIL while it decodes or encodes, so in a thread beside the network it stalls every operator
+the network runs (measured: the network 20x slower). Decoder and Encoder therefore run it in a child process
+(`python raw.py` with its task on stdin; this file and las.py import only numpy and laspy, not torch), where
+it takes other cores while this process runs the network, or here in this process when given one thread.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+try:
+    from .las import LasError, _laspy, _open, laz_backend, read_chunks
+except ImportError:  # run by path as the child process: las.py lies beside this file (no package, so no torch)
+    from las import LasError, _laspy, _open, laz_backend, read_chunks
+
+
+def decode(src, raw_path, chunk_size, parallel):
+    """Writes src's point records to raw_path; yields how many are on disk after each chunk."""
+    done = 0
+    with open(raw_path, "wb") as f:
+        for points in read_chunks(src, chunk_size, parallel):
+            points.array.tofile(f)
+            f.flush()
+            done += len(points)
+            yield done
+
+
+def read_records(f, header, n):
+    """The next n records of an open raw file as a laspy point record (scaled x, y, z as in the source)."""
+    laspy = _laspy()
+    array = np.fromfile(f, header.point_format.dtype(), n)
+    if array.size != n:
+        raise LasError(f"{f.name}: {array.size} of {n} decoded points on disk")
+    return laspy.ScaleAwarePointRecord(array, header.point_format, header.scales, header.offsets)
+
+
+def encode(src, raw_path, labels_path, out, chunk_size, parallel):
+    """Writes out (LAZ or LAS by its suffix): src's header, VLRs and extra bytes, the records of raw_path with
+    classification from labels_path (.npy, uint8, one per point). The bytes are those write_classified gives
+    with the same chunk_size (laspy refreshes extra-bytes statistics per written chunk)."""
+    laspy = _laspy()
+    labels = np.load(labels_path, mmap_mode="r")
+    with _open(src) as reader:
+        header = reader.header
+    with open(raw_path, "rb") as f, laspy.open(out, mode="w", header=header, do_compress=out.lower().endswith(".laz"),
+                                               laz_backend=laz_backend(parallel)) as writer:
+        for start in range(0, labels.size, chunk_size):
+            points = read_records(f, header, min(chunk_size, labels.size - start))
+            points.classification = np.asarray(labels[start:start + len(points)])
+            writer.write_points(points)
+
+
+class Child:
+    """This file run as a child process on up to `threads` cores. It starts now (imports numpy and laspy) and
+    waits for its task: start one ahead of need and its interpreter start is off the critical path."""
+
+    def __init__(self, threads):
+        env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.what = None
+
+    def start(self, *args):
+        self.what = args
+        try:
+            self.proc.stdin.write(json.dumps(args) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # it died at its start (e.g. no laspy): its own message
+            self.wait()
+
+    def lines(self):
+        yield from self.proc.stdout
+        self.wait()
+
+    def wait(self):
+        """The task's last output line; its error as LasError."""
+        out, err = self.proc.communicate()
+        if self.proc.returncode != 0:
+            err = err.strip().splitlines()
+            raise LasError(err[-1] if err else f"{self.what[1]}: {self.what[0]} process exited with "
+                                               f"{self.proc.returncode}")
+        return out
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if not pipe.closed:
+                pipe.close()
+
+
+class Decoder:
+    """decode() of src into raw_path: started now in a child process (threads > 1), or run here as counts()
+    is iterated (threads == 1, lazrs on this thread only)."""
+
+    def __init__(self, src, raw_path, chunk_size, threads):
+        self.args = (src, raw_path, chunk_size)
+        open(raw_path, "wb").close()  # exists from now on, for the reader
+        self.child = None
+        if threads > 1:
+            self.child = Child(threads)
+            self.child.start("decode", *self.args)
+
+    def counts(self):
+        """Points on disk so far, after each chunk; raises LasError where decode() would."""
+        if self.child is None:
+            yield from decode(*self.args, parallel=False)
+        else:
+            for line in self.child.lines():
+                yield int(line)
+
+    def close(self):
+        if self.child is not None:
+            self.child.close()
+
+
+class Encoder:
+    """encode() started now in `child` (a Child, threads > 1), or run here at once (child None); wait() returns
+    its seconds."""
+
+    def __init__(self, src, raw_path, labels_path, out, chunk_size, child=None):
+        args = (src, raw_path, labels_path, out, chunk_size)
+        self.child, t0 = child, time.perf_counter()
+        if child is not None:
+            child.start("encode", *args)
+        else:
+            encode(*args, parallel=False)
+            self.seconds = time.perf_counter() - t0
+
+    def wait(self):
+        if self.child is not None:
+            self.seconds = float(self.child.wait())
+        return self.seconds
+
+    def close(self):
+        if self.child is not None:
+            self.child.close()
+
+
+def main():
+    """Child process: one task, a JSON list on stdin. ["decode", src, raw, chunk] prints the points on disk
+    after each chunk; ["encode", src, raw, labels, out, chunk] prints its seconds. Errors: one line on stderr,
+    exit 1. No task (stdin closed): exit 0."""
+    line = sys.stdin.readline()
+    if not line:
+        return 0
+    what, *args = json.loads(line)
+    try:
+        if what == "decode":
+            for done in decode(*args, parallel=True):
+                print(done, flush=True)
+        else:
+            t0 = time.perf_counter()
+            encode(*args, parallel=True)
+            print(time.perf_counter() - t0)
+    except LasError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # disk full, ...: one line naming the file, as the parent reports it
+        print(f"{args[3] if what == 'encode' else args[0]}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

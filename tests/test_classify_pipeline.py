@@ -1,0 +1,238 @@
+"""classify on every core: the same output bytes at any thread count, results committed in order, several files
+overlapped without losing one, LAZ decoded and encoded in child processes with one-line errors."""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+laspy = pytest.importorskip("laspy")
+
+from sparseconv.cli import main  # noqa: E402
+from sparseconv.data.airborne import generate_tile, write_tile_las  # noqa: E402
+from sparseconv.io import LasError, write_classified  # noqa: E402
+from sparseconv.io.raw import Child, Decoder, Encoder  # noqa: E402
+from sparseconv.lidar import classify_file, classify_files, load_checkpoint  # noqa: E402
+from sparseconv.lidar.model import FORMAT, build_model, save_checkpoint  # noqa: E402
+from sparseconv.lidar.runner import OrderedRunner  # noqa: E402
+
+CODES = [1, 2, 3, 4, 5, 6, 7, 9, 14, 17]
+# Small chunks, blocks and batches: several of each, so that order matters everywhere.
+SMALL = {"chunk_size": 2500, "block_points": 4000, "batch_points": 3000, "tile_size": None, "progress": False}
+
+
+def _digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _codec_children():
+    """This process's live children running io/raw.py (Linux /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"raw.py" in cmd:
+            found.append(pid)
+    return found
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    config = {"features": ["hag", "intensity", "first", "last", "returns", "dz"], "classes": CODES,
+              "voxel_size": 1.0, "tile_size": 24.0, "overlap": 4.0, "channels": [8, 16, 16], "hidden": 8}
+    path = tmp_path_factory.mktemp("model") / "m.pt"
+    save_checkpoint({"format": FORMAT, "config": config, "model": build_model(config).state_dict()}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def model(model_file):
+    return load_checkpoint(model_file)[:2]
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory):
+    """Three generated tiles, LAZ, LAS and LAZ with an extra-bytes dimension and a CRS VLR."""
+    folder = tmp_path_factory.mktemp("tiles")
+    paths = []
+    for i, suffix in enumerate((".laz", ".las", ".laz")):
+        path = folder / f"tile{i}{suffix}"
+        write_tile_las(generate_tile(10 + i, size_m=70.0, density=3.0), path)
+        if i == 2:
+            las = laspy.read(path)
+            las.add_extra_dim(laspy.ExtraBytesParams(name="reflectance", type=np.float32))
+            las["reflectance"] = np.linspace(-3, 3, len(las.points)).astype(np.float32)
+            las.header.vlrs.append(laspy.vlrs.known.WktCoordinateSystemVlr('PROJCS["RGF93 / Lambert-93"]'))
+            las.write(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("suffix", [".laz", ".las"])
+def test_same_bytes_at_any_thread_count(model, tiles, tmp_path, suffix):
+    """One thread (everything inline) and 2 or 3 threads (network on worker threads, LAZ in child processes)
+    write byte-identical files; the input is untouched and no temporary file is left."""
+    src = tiles[2]
+    before = _digest(src)
+    digests = set()
+    for threads in (1, 2, 3):
+        out = tmp_path / f"t{threads}{suffix}"
+        r = classify_file(str(src), str(out), *model, threads=threads, **SMALL)
+        assert r["parts"] >= 2 and r["points"] == laspy.open(out).header.point_count
+        digests.add(_digest(out))
+    assert len(digests) == 1 and _digest(src) == before
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".sparseconv-")]
+
+
+def test_labels_match_a_plain_write_classified(model, tiles, tmp_path):
+    """The encoder's file (raw records + labels) has the bytes write_classified gives for the same labels and
+    chunks (laspy refreshes the extra-bytes statistics per written chunk, so the chunking shows in the bytes)."""
+    src, out = tiles[2], tmp_path / "a.laz"
+    classify_file(str(src), str(out), *model, threads=2, **SMALL)
+    labels = np.asarray(laspy.read(out).classification)
+    done = [0]
+
+    def take(points):
+        done[0] += len(points)
+        return labels[done[0] - len(points):done[0]]
+
+    write_classified(str(src), str(tmp_path / "b.laz"), take, chunk_size=SMALL["chunk_size"])
+    assert _digest(out) == _digest(tmp_path / "b.laz")
+
+
+def test_several_files_overlapped_equal_one_by_one(model, tiles, tmp_path):
+    jobs = [(str(p), str(tmp_path / f"many_{Path(p).name}")) for p in tiles]
+    results = list(classify_files(jobs, *model, threads=2, **SMALL))
+    assert [(s, d) for s, d, _ in results] == jobs  # in order, each once
+    for src, dst, r in results:
+        single = tmp_path / f"one_{Path(src).name}"
+        one = classify_file(src, str(single), *model, threads=1, **SMALL)
+        assert _digest(dst) == _digest(single)
+        assert r["classes"] == one["classes"] and r["points"] == one["points"] == sum(r["classes"].values())
+
+
+def test_a_bad_file_among_several_keeps_the_ones_before(model, tiles, tmp_path):
+    """The second of three files is truncated: the first output is complete, the error names the bad file, the
+    third is not written, and neither temporary files nor child processes are left."""
+    bad = tmp_path / "truncated.laz"
+    bad.write_bytes(Path(tiles[0]).read_bytes()[:30_000])
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs = [(str(tiles[0]), str(out / "a.laz")), (str(bad), str(out / "b.laz")), (str(tiles[2]), str(out / "c.laz"))]
+    got = []
+    with pytest.raises(LasError, match="truncated.laz") as e:
+        for src, dst, _ in classify_files(jobs, *model, threads=2, **SMALL):
+            got.append(dst)
+    assert "\n" not in str(e.value)
+    assert got == [str(out / "a.laz")] and sorted(os.listdir(out)) == ["a.laz"]
+    assert _codec_children() == []
+    assert laspy.open(out / "a.laz").header.point_count == laspy.open(tiles[0]).header.point_count
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_truncated_input_one_line_error_nothing_written(model, tiles, tmp_path, threads):
+    bad = tmp_path / "cut.laz"
+    bad.write_bytes(Path(tiles[0]).read_bytes()[:30_000])
+    with pytest.raises(LasError, match=r"cut\.laz: (truncated|unreadable)") as e:
+        classify_file(str(bad), str(tmp_path / "o.laz"), *model, threads=threads, **SMALL)
+    assert "\n" not in str(e.value)
+    assert os.listdir(tmp_path) == ["cut.laz"] and _codec_children() == []
+
+
+def test_codec_child_decodes_and_encodes_like_this_process(tiles, tmp_path):
+    """Decoder/Encoder in a child process and in this one: the same raw records, the same output bytes."""
+    src = str(tiles[2])
+    n = laspy.open(src).header.point_count
+    for threads in (1, 2):
+        raw = tmp_path / f"{threads}.raw"
+        counts = list(Decoder(src, str(raw), 1000, threads).counts())
+        assert counts == list(range(1000, n, 1000)) + [n]
+        labels = tmp_path / "labels.npy"
+        np.save(labels, (np.arange(n) % 7).astype(np.uint8))
+        out = str(tmp_path / f"{threads}.laz")
+        enc = Encoder(src, str(raw), str(labels), out, 1000, Child(threads) if threads > 1 else None)
+        assert enc.wait() >= 0
+        enc.close()
+    assert (tmp_path / "1.raw").read_bytes() == (tmp_path / "2.raw").read_bytes()
+    assert _digest(tmp_path / "1.laz") == _digest(tmp_path / "2.laz")
+    assert np.array_equal(np.asarray(laspy.read(tmp_path / "1.laz").classification), np.arange(n) % 7)
+
+
+def test_child_failure_is_one_line_naming_the_file(tmp_path):
+    missing = str(tmp_path / "gone.laz")
+    np.save(tmp_path / "l.npy", np.zeros(10, np.uint8))
+    child = Child(2)
+    child.start("encode", missing, str(tmp_path / "x.raw"), str(tmp_path / "l.npy"), str(tmp_path / "o.laz"), 10)
+    with pytest.raises(LasError, match="gone.laz") as e:
+        child.wait()
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+    child.close()
+
+
+def test_ordered_runner_commits_in_submission_order():
+    """Computes finish out of order (later ones are faster); commits still run in submission order; a failed
+    compute passes its turn and its future raises."""
+    for workers in (0, 1, 3):
+        runner, order = OrderedRunner(workers, 1), []
+        try:
+            futures = []
+            for i in range(8):
+                def compute(i=i, workers=workers):
+                    time.sleep(0.02 * (8 - i) if workers else 0)
+                    if i == 5:
+                        raise ValueError("five")
+                    return i
+                futures.append(runner.submit(compute, order.append))
+            for i, f in enumerate(futures):
+                if i == 5:
+                    with pytest.raises(ValueError, match="five"):
+                        f.result()
+                else:
+                    f.result()
+        finally:
+            runner.close()
+        assert order == [0, 1, 2, 3, 4, 6, 7], (workers, order)
+
+
+def test_ordered_runner_threads_and_restore():
+    """Workers run with their own torch thread count; the caller's is restored by close()."""
+    saved = torch.get_num_threads()
+    runner = OrderedRunner(2, 1)
+    seen = []
+    try:
+        fut = runner.submit(lambda: (torch.get_num_threads(), threading.current_thread().name), seen.append)
+        fut.result()
+    finally:
+        runner.close()
+    assert seen[0][0] == 1 and seen[0][1].startswith("sparseconv-batch")
+    assert torch.get_num_threads() == saved
+
+
+def test_cli_folder_on_threads(model_file, tiles, tmp_path, capsys):
+    """The command on a folder, one thread and two: the same bytes per file, a line per file and one for all;
+    --threads 0 and --batch-points 0 are one-line errors."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in tiles:
+        os.symlink(p, folder / Path(p).name)
+    for threads in ("1", "2"):
+        assert main(["classify", str(folder), "-o", str(tmp_path / f"out{threads}"), "--model", model_file,
+                     "--quiet", "--threads", threads, "--tile-size", "24"]) == 0
+        printed = capsys.readouterr().out
+        assert printed.count(" -> ") == 3 and "3 files, " in printed
+    for p in tiles:
+        assert _digest(tmp_path / "out1" / Path(p).name) == _digest(tmp_path / "out2" / Path(p).name)
+    for bad in (["--threads", "0"], ["--batch-points", "0"]):
+        assert main(["classify", str(tiles[0]), "-o", str(tmp_path / "x.laz"), "--model", model_file, *bad]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and bad[0] in err
