@@ -17,7 +17,7 @@ laspy = pytest.importorskip("laspy")
 from sparseconv.cli import main  # noqa: E402
 from sparseconv.data.airborne import generate_tile, write_tile_las  # noqa: E402
 from sparseconv.io import LasError, write_classified  # noqa: E402
-from sparseconv.io.raw import Child, Decoder, Encoder  # noqa: E402
+from sparseconv.io.raw import Child, Children, Decoder, Encoder  # noqa: E402
 from sparseconv.lidar import classify_file, classify_files, load_checkpoint  # noqa: E402
 from sparseconv.lidar.model import FORMAT, build_model, save_checkpoint  # noqa: E402
 from sparseconv.lidar.runner import OrderedRunner  # noqa: E402
@@ -150,22 +150,30 @@ def test_truncated_input_one_line_error_nothing_written(model, tiles, tmp_path, 
 
 
 def test_codec_child_decodes_and_encodes_like_this_process(tiles, tmp_path):
-    """Decoder/Encoder in a child process and in this one: the same raw records, the same output bytes."""
+    """Decoder/Encoder in a child process (one, reused: decode, then encode) and in this one: the same raw
+    records, the same output bytes."""
     src = str(tiles[2])
     n = laspy.open(src).header.point_count
-    for threads in (1, 2):
-        raw = tmp_path / f"{threads}.raw"
-        counts = list(Decoder(src, str(raw), 1000, threads).counts())
-        assert counts == list(range(1000, n, 1000)) + [n]
-        labels = tmp_path / "labels.npy"
-        np.save(labels, (np.arange(n) % 7).astype(np.uint8))
-        out = str(tmp_path / f"{threads}.laz")
-        enc = Encoder(src, str(raw), str(labels), out, 1000, Child(threads) if threads > 1 else None)
-        assert enc.wait() >= 0
-        enc.close()
-    assert (tmp_path / "1.raw").read_bytes() == (tmp_path / "2.raw").read_bytes()
-    assert _digest(tmp_path / "1.laz") == _digest(tmp_path / "2.laz")
-    assert np.array_equal(np.asarray(laspy.read(tmp_path / "1.laz").classification), np.arange(n) % 7)
+    labels = tmp_path / "labels.npy"
+    np.save(labels, (np.arange(n) % 7).astype(np.uint8))
+    for children in (None, Children(2)):
+        name = "child" if children else "here"
+        raw = tmp_path / f"{name}.raw"
+        decoder = Decoder(src, str(raw), 1000, children)
+        assert list(decoder.counts()) == list(range(1000, n, 1000)) + [n]
+        first = decoder.child
+        decoder.close()
+        child = children.take() if children else None
+        assert child is first  # the decoder's process again (None here)
+        assert Encoder(src, str(raw), str(labels), str(tmp_path / f"{name}.laz"), 1000, child).wait() >= 0
+        if children:
+            children.give(child)
+            assert len(children.idle) == 1 and len(_codec_children()) == 1
+            children.close()
+    assert _codec_children() == []
+    assert (tmp_path / "here.raw").read_bytes() == (tmp_path / "child.raw").read_bytes()
+    assert _digest(tmp_path / "here.laz") == _digest(tmp_path / "child.laz")
+    assert np.array_equal(np.asarray(laspy.read(tmp_path / "here.laz").classification), np.arange(n) % 7)
 
 
 def test_child_failure_is_one_line_naming_the_file(tmp_path):

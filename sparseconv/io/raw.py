@@ -59,55 +59,96 @@ def encode(src, raw_path, labels_path, out, chunk_size, parallel):
 
 
 class Child:
-    """This file run as a child process on up to `threads` cores. It starts now (imports numpy and laspy) and
-    waits for its task: start one ahead of need and its interpreter start is off the critical path."""
+    """This file run as a child process on up to `threads` cores, doing task after task (its output lines, then
+    "ok [value]"). It starts now (imports numpy and laspy) and waits for a task, so one started ahead of need,
+    or reused, keeps its interpreter start off the critical path."""
 
     def __init__(self, threads):
         env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.what = None
+        self.what, self.busy, self.result = None, False, None
 
     def start(self, *args):
-        self.what = args
+        self.what, self.busy = args, True
         try:
             self.proc.stdin.write(json.dumps(args) + "\n")
             self.proc.stdin.flush()
-        except BrokenPipeError:  # it died at its start (e.g. no laspy): its own message
-            self.wait()
+        except BrokenPipeError:  # it died (e.g. no laspy): its own message
+            self._died()
 
     def lines(self):
-        yield from self.proc.stdout
-        self.wait()
+        """The task's output lines; its error as LasError."""
+        for line in self.proc.stdout:
+            if line.startswith("ok"):
+                self.result, self.busy = line[2:].strip(), False
+                return
+            yield line
+        self._died()
 
     def wait(self):
-        """The task's last output line; its error as LasError."""
-        out, err = self.proc.communicate()
-        if self.proc.returncode != 0:
-            err = err.strip().splitlines()
-            raise LasError(err[-1] if err else f"{self.what[1]}: {self.what[0]} process exited with "
-                                               f"{self.proc.returncode}")
-        return out
+        """The task's value (the text after "ok")."""
+        for _ in self.lines():
+            pass
+        return self.result
+
+    def _died(self):
+        self.proc.wait()
+        err = self.proc.stderr.read().strip().splitlines()
+        raise LasError(err[-1] if err else f"{self.what[1]}: {self.what[0]} process exited with "
+                                           f"{self.proc.returncode}")
 
     def close(self):
+        """An idle child ends at the end of its input; a busy one (an error elsewhere) is killed."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            if self.busy:
+                self.proc.kill()
+            else:
+                self.proc.stdin.close()
         self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if not pipe.closed:
                 pipe.close()
 
 
-class Decoder:
-    """decode() of src into raw_path: started now in a child process (threads > 1), or run here as counts()
-    is iterated (threads == 1, lazrs on this thread only)."""
+class Children:
+    """The codec child processes of a run, each reused for task after task: an interpreter start (0.3 s of
+    CPU) per process, not per task."""
 
-    def __init__(self, src, raw_path, chunk_size, threads):
+    def __init__(self, threads):
+        self.threads, self.idle = threads, []
+
+    def take(self):
+        while self.idle:
+            child = self.idle.pop()
+            if child.proc.poll() is None:
+                return child
+            child.close()
+        return Child(self.threads)
+
+    def give(self, child):
+        """Back after its task ended well; anything else closes it."""
+        if child.busy:
+            child.close()
+        else:
+            self.idle.append(child)
+
+    def close(self):
+        for child in self.idle:
+            child.close()
+        self.idle = []
+
+
+class Decoder:
+    """decode() of src into raw_path: started now in a child process from `children` (threads > 1), or run
+    here as counts() is iterated (children None: lazrs on this thread only)."""
+
+    def __init__(self, src, raw_path, chunk_size, children=None):
         self.args = (src, raw_path, chunk_size)
         open(raw_path, "wb").close()  # exists from now on, for the reader
-        self.child = None
-        if threads > 1:
-            self.child = Child(threads)
+        self.children, self.child = children, None
+        if children is not None:
+            self.child = children.take()
             self.child.start("decode", *self.args)
 
     def counts(self):
@@ -120,7 +161,8 @@ class Decoder:
 
     def close(self):
         if self.child is not None:
-            self.child.close()
+            self.children.give(self.child)
+            self.child = None
 
 
 class Encoder:
@@ -141,27 +183,23 @@ class Encoder:
             self.seconds = float(self.child.wait())
         return self.seconds
 
-    def close(self):
-        if self.child is not None:
-            self.child.close()
-
 
 def main():
-    """Child process: one task, a JSON list on stdin. ["decode", src, raw, chunk] prints the points on disk
-    after each chunk; ["encode", src, raw, labels, out, chunk] prints its seconds. Errors: one line on stderr,
-    exit 1. No task (stdin closed): exit 0."""
-    line = sys.stdin.readline()
-    if not line:
-        return 0
-    what, *args = json.loads(line)
+    """Child process: tasks, one JSON list a line on stdin, until its end. ["decode", src, raw, chunk] prints the
+    points on disk after each chunk; ["encode", src, raw, labels, out, chunk] its seconds; then "ok". An error:
+    one line on stderr, exit 1."""
+    what, args = None, []
     try:
-        if what == "decode":
-            for done in decode(*args, parallel=True):
-                print(done, flush=True)
-        else:
-            t0 = time.perf_counter()
-            encode(*args, parallel=True)
-            print(time.perf_counter() - t0)
+        for line in sys.stdin:
+            what, *args = json.loads(line)
+            if what == "decode":
+                for done in decode(*args, parallel=True):
+                    print(done, flush=True)
+                print("ok", flush=True)
+            else:
+                t0 = time.perf_counter()
+                encode(*args, parallel=True)
+                print(f"ok {time.perf_counter() - t0}", flush=True)
     except LasError as e:
         print(e, file=sys.stderr)
         return 1
@@ -171,7 +209,6 @@ def main():
         print(f"{args[3] if what == 'encode' else args[0]}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

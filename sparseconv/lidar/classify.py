@@ -28,7 +28,7 @@ import torch
 
 from ..io import LasError, is_open3d_file, open3d_to_las
 from ..io.las import _open, max_class_code, temporary_output
-from ..io.raw import Child, Decoder, Encoder, read_records
+from ..io.raw import Children, Decoder, Encoder, read_records
 from .decide import decide
 from .features import height_above_ground, shape_features
 from .runner import OrderedRunner
@@ -157,7 +157,7 @@ class _Part:
 class _File:
     """One input through the three passes; close() undoes whatever is left (children, temporary files)."""
 
-    def __init__(self, src, dst, config, opts):
+    def __init__(self, src, dst, config, opts, children):
         src_abs, dst_abs = os.path.abspath(src), os.path.abspath(dst)
         if src_abs == dst_abs:
             raise LasError(f"{dst}: is the input file; choose another output")
@@ -167,13 +167,13 @@ class _File:
             raise LasError(f"{dst}: folder {os.path.dirname(dst_abs)} does not exist")
         self.t0, self.times, self.opts = time.perf_counter(), {}, opts
         self.input = self.src = src
-        self.dst, self.decoder, self.encoder, self.writer, self.out_tmp = dst, None, None, None, None
+        self.dst, self.children, self.decoder, self.writer, self.out_tmp = dst, children, None, None, None
         self.tmp = tempfile.TemporaryDirectory(dir=opts["tmp_dir"] or os.path.dirname(dst_abs), prefix=".sparseconv-")
         try:
             if is_open3d_file(src):  # PLY/PCD/XYZ/PTS: through a LAS copy
                 self.src = open3d_to_las(src, self._path("input.las"))
             self._plan(config)
-            self.decoder = Decoder(self.src, self._path("points.raw"), opts["chunk_size"], opts["threads"])
+            self.decoder = Decoder(self.src, self._path("points.raw"), opts["chunk_size"], children)
         except BaseException:
             self.close()
             raise
@@ -263,8 +263,8 @@ class _File:
     def classify(self, runner, model, config, device):
         """Pass 2: labels of every point into labels.npy. Part p + 1 is prepared while p's batches run."""
         t0, o = time.perf_counter(), self.opts
-        if o["threads"] > 1:  # the encoder's process, started now so that it is ready when the labels are
-            self.writer = Child(o["threads"])
+        if self.children is not None:  # the encoder's process, from now on: ready (started) when the labels are
+            self.writer = self.children.take()
         names, codes = list(config["features"]), np.asarray(config["classes"], np.int64)
         voxel, lut, rgb_div = float(config["voxel_size"]), self.stats.lut, self.stats.rgb_div
         labels = np.lib.format.open_memmap(self._path("labels.npy"), "w+", np.uint8, (self.n,))
@@ -313,6 +313,9 @@ class _File:
         try:
             self.times["write"] = self.encoder.wait()
             os.replace(self.out_tmp, os.path.abspath(self.dst))
+            if self.writer is not None:
+                self.children.give(self.writer)
+                self.writer = None
         finally:
             self.close()
         self.times["total"] = time.perf_counter() - self.t0
@@ -322,9 +325,11 @@ class _File:
 
     def close(self):
         """Idempotent."""
-        for child in (self.decoder, self.encoder, self.writer):
-            if child is not None:
-                child.close()
+        if self.decoder is not None:
+            self.decoder.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
         if self.out_tmp and os.path.exists(self.out_tmp):
             os.remove(self.out_tmp)
         self.tmp.cleanup()
@@ -351,17 +356,18 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
     model = model.to(device).eval()
     _share_arenas()
     runner = OrderedRunner(*workers_for(threads, device))
+    children = Children(threads) if threads > 1 else None  # LAZ decode/encode processes, reused file to file
     writing = ahead = None  # the file being encoded; the next one, decoding ahead (or the error it raised)
     try:
         for i, (src, dst) in enumerate(jobs):
             try:
                 if isinstance(ahead, Exception):
                     raise ahead
-                cur, ahead = ahead or _File(src, dst, config, opts), None
+                cur, ahead = ahead or _File(src, dst, config, opts, children), None
                 try:
                     cur.read(runner)
                     if i + 1 < len(jobs):
-                        ahead = _ahead(*jobs[i + 1], config, opts)
+                        ahead = _ahead(*jobs[i + 1], config, opts, children)
                     cur.classify(runner, model, config, device)
                 except BaseException:
                     cur.close()
@@ -383,13 +389,15 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
             if isinstance(f, _File):
                 f.close()
         runner.close()
+        if children is not None:
+            children.close()
 
 
-def _ahead(src, dst, config, opts):
+def _ahead(src, dst, config, opts, children):
     """The next file opened and its decoding started; an error is returned, to be raised at its turn (after the
     files before it are complete, as if it had not been opened early)."""
     try:
-        return _File(src, dst, config, opts)
+        return _File(src, dst, config, opts, children)
     except Exception as e:
         return e
 
