@@ -150,30 +150,27 @@ def test_truncated_input_one_line_error_nothing_written(model, tiles, tmp_path, 
 
 
 def test_codec_child_decodes_and_encodes_like_this_process(tiles, tmp_path):
-    """Decoder/Encoder in a child process (one, reused: decode, then encode) and in this one: the same raw
-    records, the same output bytes."""
+    """Decoder/Encoder in a child process (one, reused: decode, then encode) and here (lazrs on one thread and on
+    every thread): the same raw records, the same output bytes; the Children pool reuses its processes."""
     src = str(tiles[2])
     n = laspy.open(src).header.point_count
     labels = tmp_path / "labels.npy"
     np.save(labels, (np.arange(n) % 7).astype(np.uint8))
-    for children in (None, Children(2)):
-        name = "child" if children else "here"
+    children = Children(2)
+    for name, child, parallel in (("one", None, False), ("all", None, True), ("child", children.take(), False)):
         raw = tmp_path / f"{name}.raw"
-        decoder = Decoder(src, str(raw), 1000, children)
-        assert list(decoder.counts()) == list(range(1000, n, 1000)) + [n]
-        first = decoder.child
-        decoder.close()
-        child = children.take() if children else None
-        assert child is first  # the decoder's process again (None here)
-        assert Encoder(src, str(raw), str(labels), str(tmp_path / f"{name}.laz"), 1000, child).wait() >= 0
-        if children:
+        assert list(Decoder(src, str(raw), 1000, child, parallel).counts()) == list(range(1000, n, 1000)) + [n]
+        assert Encoder(src, str(raw), str(labels), str(tmp_path / f"{name}.laz"), 1000, child, parallel).wait() >= 0
+        if child is not None:
             children.give(child)
-            assert len(children.idle) == 1 and len(_codec_children()) == 1
-            children.close()
+            assert children.take() is child and len(_codec_children()) == 1  # the same process again
+            children.give(child)
+    children.close()
     assert _codec_children() == []
-    assert (tmp_path / "here.raw").read_bytes() == (tmp_path / "child.raw").read_bytes()
-    assert _digest(tmp_path / "here.laz") == _digest(tmp_path / "child.laz")
-    assert np.array_equal(np.asarray(laspy.read(tmp_path / "here.laz").classification), np.arange(n) % 7)
+    for name in ("all", "child"):
+        assert (tmp_path / "one.raw").read_bytes() == (tmp_path / f"{name}.raw").read_bytes()
+        assert _digest(tmp_path / "one.laz") == _digest(tmp_path / f"{name}.laz")
+    assert np.array_equal(np.asarray(laspy.read(tmp_path / "one.laz").classification), np.arange(n) % 7)
 
 
 def test_child_failure_is_one_line_naming_the_file(tmp_path):

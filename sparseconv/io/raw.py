@@ -4,9 +4,10 @@
 passes that follow read them back with read_records(), and encode() writes the classified copy from them.
 
 lazrs holds the GIL while it decodes or encodes, so in a thread beside the network it stalls every operator
-the network runs (measured: the network 20x slower). Decoder and Encoder therefore run it in a child process
-(`python raw.py` with its task on stdin; this file and las.py import only numpy and laspy, not torch), where
-it takes other cores while this process runs the network, or here in this process when given one thread.
+the network runs (measured: the network 20x slower). Where a file is decoded or encoded beside other work
+(the next file ahead, one file's output while the next is classified), Decoder and Encoder run it in a child
+process (Child: `python raw.py`, tasks on stdin; this file and las.py import only numpy and laspy, not torch),
+which takes other cores meanwhile; where nothing else runs, here, with lazrs on every thread.
 """
 import json
 import os
@@ -140,42 +141,36 @@ class Children:
 
 
 class Decoder:
-    """decode() of src into raw_path: started now in a child process from `children` (threads > 1), or run
-    here as counts() is iterated (children None: lazrs on this thread only)."""
+    """decode() of src into raw_path: started now in `child` (a Child), or run here as counts() is iterated
+    (lazrs on every thread when parallel, on this one otherwise). Here suits a file decoded while nothing else
+    runs; a child one decoded beside the network."""
 
-    def __init__(self, src, raw_path, chunk_size, children=None):
-        self.args = (src, raw_path, chunk_size)
+    def __init__(self, src, raw_path, chunk_size, child=None, parallel=False):
+        self.args, self.child, self.parallel = (src, raw_path, chunk_size), child, parallel
         open(raw_path, "wb").close()  # exists from now on, for the reader
-        self.children, self.child = children, None
-        if children is not None:
-            self.child = children.take()
-            self.child.start("decode", *self.args)
+        if child is not None:
+            child.start("decode", *self.args)
 
     def counts(self):
         """Points on disk so far, after each chunk; raises LasError where decode() would."""
         if self.child is None:
-            yield from decode(*self.args, parallel=False)
+            yield from decode(*self.args, parallel=self.parallel)
         else:
             for line in self.child.lines():
                 yield int(line)
 
-    def close(self):
-        if self.child is not None:
-            self.children.give(self.child)
-            self.child = None
-
 
 class Encoder:
-    """encode() started now in `child` (a Child, threads > 1), or run here at once (child None); wait() returns
-    its seconds."""
+    """encode() started now in `child` (a Child), or run here at once (lazrs on every thread when parallel);
+    wait() returns its seconds."""
 
-    def __init__(self, src, raw_path, labels_path, out, chunk_size, child=None):
+    def __init__(self, src, raw_path, labels_path, out, chunk_size, child=None, parallel=False):
         args = (src, raw_path, labels_path, out, chunk_size)
         self.child, t0 = child, time.perf_counter()
         if child is not None:
             child.start("encode", *args)
         else:
-            encode(*args, parallel=False)
+            encode(*args, parallel=parallel)
             self.seconds = time.perf_counter() - t0
 
     def wait(self):

@@ -2,18 +2,20 @@
 
 Per file, three passes, none of which holds the whole file:
 
-1. read: the file is decoded once (io.raw.Decoder: records to a raw file on disk, in a child process when there
-   are threads to spare) and read back in chunks: per-file statistics (intensity ranks, colour depth) and a
-   spill of every point into its block of tiles and the neighbouring blocks that need it as context (spill.py);
+1. read: the file is decoded once (io.raw.Decoder: its records to a raw file on disk) and read back in chunks:
+   per-file statistics (intensity ranks, colour depth) and a spill of every point into its block of tiles and
+   the neighbouring blocks that need it as context (spill.py), chunks sorted out on the worker threads;
 2. classify, per block: ground estimate, tiles with overlap through the network in batches on worker threads
    (runner.OrderedRunner; the next block is prepared meanwhile), softmax scores summed in batch order over
    every window that covers a point, the winning class written to an on-disk label array at the point's row;
 3. write: io.raw.Encoder writes the classified copy from the raw records and the labels (temporary file, then
-   rename), in a child process when there are threads to spare.
+   rename).
 
-Over several files (classify_files) the next file is decoded while this one's network runs, and this one is
-encoded while the next is read and classified. The labels do not depend on the threads: same bytes out.
-Peak memory is set by the block size (about `block_points` points), the batch and the workers, not the file.
+LAZ is decoded and encoded here, with lazrs on every thread, while nothing else runs; beside other work it runs
+in a child process (lazrs holds the GIL): over several files (classify_files) the next file is decoded while
+this one's network runs, and this one is encoded while the next is read and classified. The labels do not
+depend on the threads: same bytes out. Peak memory is set by the block size (about `block_points` points),
+the batch and the workers, not by the file.
 """
 import ctypes
 import math
@@ -155,9 +157,12 @@ class _Part:
 
 
 class _File:
-    """One input through the three passes; close() undoes whatever is left (children, temporary files)."""
+    """One input through the three passes; close() undoes whatever is left (child processes, temporary files).
 
-    def __init__(self, src, dst, config, opts, children):
+    children: a raw.Children to decode in (the file is decoded ahead, beside another file's network), or None:
+    decoded here when read, nothing else running (lazrs on every thread)."""
+
+    def __init__(self, src, dst, config, opts, children=None):
         src_abs, dst_abs = os.path.abspath(src), os.path.abspath(dst)
         if src_abs == dst_abs:
             raise LasError(f"{dst}: is the input file; choose another output")
@@ -167,13 +172,15 @@ class _File:
             raise LasError(f"{dst}: folder {os.path.dirname(dst_abs)} does not exist")
         self.t0, self.times, self.opts = time.perf_counter(), {}, opts
         self.input = self.src = src
-        self.dst, self.children, self.decoder, self.writer, self.out_tmp = dst, children, None, None, None
+        self.dst, self.children, self.reader, self.writer, self.out_tmp = dst, children, None, None, None
         self.tmp = tempfile.TemporaryDirectory(dir=opts["tmp_dir"] or os.path.dirname(dst_abs), prefix=".sparseconv-")
         try:
             if is_open3d_file(src):  # PLY/PCD/XYZ/PTS: through a LAS copy
                 self.src = open3d_to_las(src, self._path("input.las"))
             self._plan(config)
-            self.decoder = Decoder(self.src, self._path("points.raw"), opts["chunk_size"], children)
+            self.reader = children.take() if children is not None else None
+            self.decoder = Decoder(self.src, self._path("points.raw"), opts["chunk_size"], self.reader,
+                                   parallel=opts["threads"] > 1)
         except BaseException:
             self.close()
             raise
@@ -226,7 +233,9 @@ class _File:
             raise LasError(f"{self.src}: {start} of {self.n} points decoded")
         if bar:
             bar.close()
-        self.decoder.close()
+        if self.reader is not None:
+            self.children.give(self.reader)
+            self.reader = None
         self.times["read"] = time.perf_counter() - t0
 
     def _parts(self, batch_points, n_classes, names):
@@ -260,11 +269,14 @@ class _File:
                 rows = rec["row"] if sel is None else rec["row"][sel]
                 yield _Part(sub, rows, part, (bi * k, bj * k, k), plan, batch_points, n_classes, names)
 
-    def classify(self, runner, model, config, device):
-        """Pass 2: labels of every point into labels.npy. Part p + 1 is prepared while p's batches run."""
+    def classify(self, runner, model, config, device, children=None):
+        """Pass 2: labels of every point into labels.npy. Part p + 1 is prepared while p's batches run.
+
+        children: where to encode (the next file runs meanwhile), taken now so that its process has started
+        when the labels are ready; None: encoded here, nothing else running."""
         t0, o = time.perf_counter(), self.opts
-        if self.children is not None:  # the encoder's process, from now on: ready (started) when the labels are
-            self.writer = self.children.take()
+        if children is not None:
+            self.children, self.writer = children, children.take()
         names, codes = list(config["features"]), np.asarray(config["classes"], np.int64)
         voxel, lut, rgb_div = float(config["voxel_size"]), self.stats.lut, self.stats.rgb_div
         labels = np.lib.format.open_memmap(self._path("labels.npy"), "w+", np.uint8, (self.n,))
@@ -306,7 +318,7 @@ class _File:
         """Pass 3 begins: the classified copy is encoded into a temporary file beside dst."""
         self.out_tmp = temporary_output(self.dst)
         self.encoder = Encoder(self.src, self._path("points.raw"), self._path("labels.npy"), self.out_tmp,
-                               self.opts["chunk_size"], self.writer)
+                               self.opts["chunk_size"], self.writer, parallel=self.opts["threads"] > 1)
 
     def finish(self):
         """Waits for the encoder, renames the output into place; returns (input, dst, result)."""
@@ -325,11 +337,10 @@ class _File:
 
     def close(self):
         """Idempotent."""
-        if self.decoder is not None:
-            self.decoder.close()
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        for child in (self.reader, self.writer):
+            if child is not None:
+                child.close()
+        self.reader = self.writer = None
         if self.out_tmp and os.path.exists(self.out_tmp):
             os.remove(self.out_tmp)
         self.tmp.cleanup()
@@ -356,19 +367,21 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
     model = model.to(device).eval()
     _share_arenas()
     runner = OrderedRunner(*workers_for(threads, device))
-    children = Children(threads) if threads > 1 else None  # LAZ decode/encode processes, reused file to file
+    # Codec processes for decoding and encoding beside other work; one thread: everything here, one after another.
+    children = Children(threads) if threads > 1 else None
     writing = ahead = None  # the file being encoded; the next one, decoding ahead (or the error it raised)
     try:
         for i, (src, dst) in enumerate(jobs):
             try:
                 if isinstance(ahead, Exception):
                     raise ahead
-                cur, ahead = ahead or _File(src, dst, config, opts, children), None
+                cur, ahead = ahead or _File(src, dst, config, opts), None
+                then = i + 1 < len(jobs)
                 try:
                     cur.read(runner)
-                    if i + 1 < len(jobs):
+                    if then:  # decoded in a child while this file's network runs
                         ahead = _ahead(*jobs[i + 1], config, opts, children)
-                    cur.classify(runner, model, config, device)
+                    cur.classify(runner, model, config, device, children if then else None)
                 except BaseException:
                     cur.close()
                     raise
