@@ -132,9 +132,8 @@ class _Part:
 
     def submit(self, runner, model, device, names, voxel, lut, rgb_div):
         for windows in self.batches:
-            rows = torch.from_numpy(np.concatenate(windows))
             compute = partial(self._compute, windows, model, device, names, voxel, lut, rgb_div)
-            self.futures.append(runner.submit(compute, partial(self._commit, rows)))
+            self.futures.append(runner.submit(compute, partial(self._commit, windows)))
 
     def _compute(self, windows, model, device, names, voxel, lut, rgb_div):
         # The windows' copies of their points are dropped before the forward (memory per worker).
@@ -142,8 +141,8 @@ class _Part:
                             names, voxel)
         return _predict(model, inputs, device)
 
-    def _commit(self, rows, prob):
-        self.score.index_add_(0, rows, prob)
+    def _commit(self, windows, prob):
+        self.score.index_add_(0, torch.from_numpy(np.concatenate(windows)), prob)
 
     def finish(self, labels, codes):
         """Waits for the batches, writes the labels of the part's own points; returns their codes."""
