@@ -131,7 +131,7 @@ def test_a_bad_file_among_several_keeps_the_ones_before(model, tiles, tmp_path):
     jobs = [(str(tiles[0]), str(out / "a.laz")), (str(bad), str(out / "b.laz")), (str(tiles[2]), str(out / "c.laz"))]
     got = []
     with pytest.raises(LasError, match="truncated.laz") as e:
-        for src, dst, _ in classify_files(jobs, *model, threads=2, **SMALL):
+        for _, dst, _ in classify_files(jobs, *model, threads=2, **SMALL):
             got.append(dst)
     assert "\n" not in str(e.value)
     assert got == [str(out / "a.laz")] and sorted(os.listdir(out)) == ["a.laz"]

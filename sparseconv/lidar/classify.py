@@ -373,12 +373,12 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
                 if isinstance(ahead, Exception):
                     raise ahead
                 cur, ahead = ahead or _File(src, dst, config, opts), None
-                then = i + 1 < len(jobs)
+                more = i + 1 < len(jobs)  # files after this one
                 try:
                     cur.read(runner)
-                    if then:  # decoded in a child while this file's network runs
+                    if more:  # the next one decoded in a child while this file's network runs
                         ahead = _ahead(*jobs[i + 1], config, opts, children)
-                    cur.classify(runner, model, config, device, children if then else None)
+                    cur.classify(runner, model, config, device, children if more else None)
                 except BaseException:
                     cur.close()
                     raise
