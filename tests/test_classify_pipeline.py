@@ -223,9 +223,10 @@ def test_ordered_runner_threads_and_restore():
     assert torch.get_num_threads() == saved
 
 
-def test_cli_folder_on_threads(model_file, tiles, tmp_path, capsys):
+def test_cli_folder_on_threads(model_file, tiles, tmp_path, capsys, monkeypatch):
     """The command on a folder, one thread and two: the same bytes per file, a line per file and one for all;
     --threads 0 and --batch-points 0 are one-line errors."""
+    monkeypatch.setenv("RAYON_NUM_THREADS", "2")  # --threads would set it for this (test) process otherwise
     folder = tmp_path / "in"
     folder.mkdir()
     for p in tiles:
