@@ -139,6 +139,8 @@ def cmd_classify(args):
         raise ValueError(f"--device: {args.device} requested, but torch sees no CUDA device")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads: expected at least 1, got {args.threads}")
+    if args.threads is not None:  # lazrs's thread pool in this process (set before its first use) follows
+        os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))
     if args.batch_points < 1:
         raise ValueError(f"--batch-points: expected at least 1, got {args.batch_points}")
     device = args.device

@@ -134,9 +134,8 @@ class _Part:
 
     def submit(self, runner, model, device, names, voxel, lut, rgb_div):
         for windows in self.batches:
-            rows = torch.from_numpy(np.concatenate(windows))
             compute = partial(self._compute, windows, model, device, names, voxel, lut, rgb_div)
-            self.futures.append(runner.submit(compute, partial(self._commit, rows)))
+            self.futures.append(runner.submit(compute, partial(self._commit, windows)))
 
     def _compute(self, windows, model, device, names, voxel, lut, rgb_div):
         # The windows' copies of their points are dropped before the forward (memory per worker).
@@ -144,8 +143,8 @@ class _Part:
                             names, voxel)
         return _predict(model, inputs, device)
 
-    def _commit(self, rows, prob):
-        self.score.index_add_(0, rows, prob)
+    def _commit(self, windows, prob):
+        self.score.index_add_(0, torch.from_numpy(np.concatenate(windows)), prob)
 
     def finish(self, labels, codes):
         """Waits for the batches, writes the labels of the part's own points; returns their codes."""
@@ -376,12 +375,12 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
                 if isinstance(ahead, Exception):
                     raise ahead
                 cur, ahead = ahead or _File(src, dst, config, opts), None
-                then = i + 1 < len(jobs)
+                more = i + 1 < len(jobs)  # files after this one
                 try:
                     cur.read(runner)
-                    if then:  # decoded in a child while this file's network runs
+                    if more:  # the next one decoded in a child while this file's network runs
                         ahead = _ahead(*jobs[i + 1], config, opts, children)
-                    cur.classify(runner, model, config, device, children if then else None)
+                    cur.classify(runner, model, config, device, children if more else None)
                 except BaseException:
                     cur.close()
                     raise
