@@ -10,6 +10,7 @@
 
     python examples/train_pretrained.py --init old.pt --seed 1 --tiles 400 --epochs 14 --lr 1e-3   # README's r3
     python examples/train_pretrained.py --tiles 12 --epochs 2 --work /tmp/pt --out /tmp/pt/model.pt   # smoke
+    python examples/train_pretrained.py --init old.pt --features base --seed 2 --tiles 320 --epochs 12 --lr 1e-3
 
 The shipped model predates this script's shape features and tiles: it comes from commit 99ca34c's script.
 
@@ -60,12 +61,16 @@ def main():
     ap.add_argument("--work", default=os.path.join(ROOT, "build", "pretrained"),
                     help="generated tiles and the resumable training checkpoint")
     ap.add_argument("--out", default=PRETRAINED)
+    ap.add_argument("--features", choices=("all", "base"), default="all",
+                    help="all: every feature, shape features included; base: the shipped model's six (hag, "
+                         "intensity, returns, dz), which held up better on the real IGN file")
+    ap.add_argument("--single-return", type=float, default=0.3, help="share of single-return tiles")
     args = ap.parse_args()
-    paths = make_tiles(os.path.join(args.work, "tiles"), args.tiles, args.seed)
+    paths = make_tiles(os.path.join(args.work, "tiles"), args.tiles, args.seed, args.single_return)
     ckpt = os.path.join(args.work, "train.pt")
     resume = os.path.exists(ckpt)
     train(paths, ckpt, epochs=args.epochs, batch_size=4, lr=args.lr, val_fraction=0.15, seed=args.seed,
-          resume=resume, init=None if resume else args.init, features=feature_names(False),
+          resume=resume, init=None if resume else args.init, features=feature_names(False, shape=args.features == "all"),
           curves=os.path.splitext(args.out)[0] + "_curves.png")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     release(ckpt, args.out)

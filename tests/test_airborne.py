@@ -17,7 +17,7 @@ DTYPES = dict(x=np.float64, y=np.float64, z=np.float64, intensity=np.uint16, ret
 @pytest.fixture(scope="module")
 def full_tile():
     """A tile with every feature: suburban, a river (hence a bridge where the road crosses it), a power line."""
-    return generate_tile(0, size_m=70.0, density=8.0, scene="suburban", water="river", power_line=True,
+    return generate_tile(2, size_m=70.0, density=8.0, scene="suburban", water="river", power_line=True,
                          return_hag=True)
 
 

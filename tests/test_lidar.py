@@ -62,6 +62,31 @@ def test_height_above_ground_on_flat_ground_and_a_box():
     assert np.median(hag[roof]) == pytest.approx(6.0, abs=0.5)
 
 
+def test_height_above_ground_on_a_mountain_flank():
+    """A 12 m strip up a flank that climbs 250 m in 500 m, up to 39 degrees, with convex and concave stretches
+    (as on a real IGN tile) and trees on it: a fixed slope allowance called up to 16 m of this terrain object."""
+    rng = np.random.default_rng(3)
+    n = 24_000
+    x, y = rng.uniform(0, 12, n), rng.uniform(0, 500, n)
+    ground = 100 + 0.5 * y + 12 * np.sin(y / 40.0) + 0.1 * x
+    tree = rng.random(n) < 0.2
+    z = ground + np.where(tree, rng.uniform(3, 15, n), 0.0)
+    hag = height_above_ground(x, y, z)
+    assert np.quantile(hag[~tree], 0.99) < 0.5  # 15.8 m with the fixed allowance
+    assert np.mean(np.abs(hag[~tree]) < 0.3) > 0.93
+    assert np.mean(hag[tree] > 2.0) > 0.99
+
+
+def test_height_above_ground_on_a_steep_plane_is_not_biased():
+    """The lowest point of a cell lies at its downhill edge; the surface must still pass through the points."""
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(0, 100, 10_000), rng.uniform(0, 100, 10_000)
+    z = 50 + 0.7 * x - 0.3 * y
+    hag = height_above_ground(x, y, z)
+    assert abs(float(np.median(hag))) < 0.05
+    assert np.quantile(np.abs(hag), 0.9) < 0.25
+
+
 def test_intensity_ranks_are_file_relative():
     lut = intensity_lut(np.bincount([10, 10, 20, 30], minlength=65536))
     assert lut[10] < lut[20] < lut[30] and 0 < lut[10] and lut[30] < 1

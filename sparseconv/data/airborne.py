@@ -87,7 +87,7 @@ _GRASS, _SOIL, _ROAD, _PAVED, _WATERK = 0, 1, 2, 3, 4
 _KIND_REFL = {
     _GRASS: (0.38, 0.52),
     _SOIL: (0.25, 0.40),
-    _ROAD: (0.20, 0.30),
+    _ROAD: (0.06, 0.30),  # fresh asphalt is as dark as 0.05-0.1: darker than anything but water
     _PAVED: (0.34, 0.48),
     _WATERK: (0.02, 0.06),
 }
@@ -333,6 +333,10 @@ class _Scene:
         ax = g.axis()
         X, Y = ax[None, :], ax[:, None]
         slope = self.U(0.0, 0.12 if self.scene == "forest" else 0.05)
+        # hillsides and mountain flanks (real IGN tiles climb 250 m in 450 m): a ground filter with a fixed
+        # slope allowance calls their convex parts objects, so the network must see such terrain
+        if rng.random() < {"rural": 0.25, "forest": 0.3, "suburban": 0.1}.get(self.scene, 0.0):
+            slope = self.U(0.2, 0.8 if self.scene != "suburban" else 0.35)
         ang = self.U(0, 2 * math.pi)
         G = self.U(20.0, 600.0) + slope * (math.cos(ang) * (X - S / 2) + math.sin(ang) * (Y - S / 2))
         for wl, amp in ((1.0 * S + 50, 1.0), (0.45 * S + 15, 0.5), (0.2 * S + 6, 0.22), (8.0, 0.07), (3.0, 0.025)):
@@ -1034,7 +1038,9 @@ def _pulses(rng, S, density, z_nom, reach_lo, reach_hi, max_angle):
         if c_max <= c_min:
             continue
         rho = density / n_lines
-        k_an = rng.uniform(0.8, 1.25)
+        # spacing across / along the scan lines: near-square, or (oscillating mirrors at a high pulse rate,
+        # thinned deliveries) lines several times further apart than the pulses along them
+        k_an = rng.uniform(0.8, 1.25) if rng.random() < 0.7 else float(np.exp(rng.uniform(np.log(1.25), np.log(4.0))))
         da, dc = k_an / math.sqrt(rho), 1.0 / (k_an * math.sqrt(rho))
         a_k = a_min - da + (np.arange(int((a_max - a_min) / da) + 3) + rng.uniform(0, 1)) * da
         c_j = c_min + (np.arange(int((c_max - c_min) / dc) + 1) + rng.uniform(0, 1)) * dc

@@ -101,24 +101,11 @@ def _dilate(g, k):
     return torch.where(torch.isneginf(out), math.inf, out)
 
 
-def ground_grid(x, y, z, cell, windows_m=(3.0, 6.0, 12.0, 24.0, 48.0), slope=0.3, dh0=0.5, dh_max=6.0):
-    """Ground elevation on a grid (simplified progressive morphological filter, after Zhang et al. 2003).
-
-    Lowest point per cell, then openings with growing windows over the cells that hold points (empty cells
-    neither pull the surface down nor up): a cell that rises above its opening by more than
-    dh0 + slope * window (capped at dh_max) is an object (building, tree) and takes the opened value. Empty
-    cells are filled at the end, for interpolation. Returns (grid [nx, ny] float32 tensor, x0, y0) with cell
-    centres at x0 + (i + 0.5) * cell.
-    """
-    x0, y0 = float(x.min()), float(y.min())
-    ix = ((x - x0) / cell).astype(np.int64)
-    iy = ((y - y0) / cell).astype(np.int64)
-    nx, ny = int(ix.max()) + 1, int(iy.max()) + 1
-    zt = torch.from_numpy(np.ascontiguousarray(z, np.float32))
-    flat = torch.full((nx * ny,), math.inf)
-    flat.scatter_reduce_(0, torch.from_numpy(ix * ny + iy), zt, "amin")
-    g = flat.view(1, 1, nx, ny)
-    empty = torch.isinf(g)
+def _open_by_slope(g, empty, cell, windows_m, slope, dh0, dh_max):
+    """Progressive morphological filter over the data cells of g (empty = inf). slope: a number, or a grid of
+    per-cell allowances (then the dh_max cap rises with it: a 40-degree flank climbs more than dh_max within
+    one window)."""
+    nx, ny = g.shape[-2:]
     # A 3x3 closing fills one-cell pits: low outliers (multipath noise) would otherwise pull the ground down.
     g = torch.where(empty, math.inf, _pool_min(_dilate(g, 3), 3))
     prev_w = 0.0
@@ -129,10 +116,67 @@ def ground_grid(x, y, z, cell, windows_m=(3.0, 6.0, 12.0, 24.0, 48.0), slope=0.3
         if k > 2 * max(nx, ny) + 1:
             break
         opened = _dilate(_pool_min(g, k), k)
-        dh = min(dh0 + slope * (k * cell - prev_w), dh_max)
+        if torch.is_tensor(slope):
+            dh = torch.minimum(dh0 + slope * (k * cell - prev_w), dh_max + (slope - slope.min()) * k * cell)
+        else:
+            dh = min(dh0 + slope * (k * cell - prev_w), dh_max)
         g = torch.where(~empty & (g - opened > dh), opened, g)
         prev_w = k * cell
-    return _fill_empty(g)[0, 0], x0, y0
+    return g
+
+
+def _terrain_slope(g, cell, open_m=24.0, mean_m=12.0, reach_m=48.0):
+    """|gradient| of a filled ground grid [1, 1, nx, ny]: opened over open_m first (what the first pass left
+    of an object must not read as terrain), central differences, the mean over mean_m, then the max over
+    reach_m: a ridge keeps the slope of its flanks, and the uphill rim of the data, which every opening of a
+    slope cuts flat (by up to slope x half the window), the slope just inside it."""
+    k = _odd(open_m / cell)
+    g = _pool_max(_pool_min(g, k), k)
+    p = F.pad(g, (1, 1, 1, 1), mode="replicate")
+    gx = (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]) / (2 * cell)
+    gy = (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) / (2 * cell)
+    k = _odd(mean_m / cell)
+    s = F.avg_pool2d(torch.hypot(gx, gy), k, 1, k // 2, count_include_pad=False)
+    return _pool_max(s, _odd(reach_m / cell))
+
+
+def ground_grid(x, y, z, cell, windows_m=(3.0, 6.0, 12.0, 24.0, 48.0), slope=0.3, dh0=0.5, dh_max=6.0,
+                near_m=0.5):
+    """Ground elevation on a grid (progressive morphological filter after Zhang et al. 2003, slope-adaptive).
+
+    Lowest point per cell, then openings with growing windows over the cells that hold points (empty cells
+    neither pull the surface down nor up): a cell that rises above its opening by more than
+    dh0 + slope * window (capped at dh_max) is an object (building, tree) and takes the opened value. A fixed
+    slope of 0.3 cuts the convex parts of mountain flanks (tens of metres of terrain called object on a real
+    IGN tile), so the filter runs twice: the terrain slope measured on the first surface (_terrain_slope)
+    sets each cell's allowance in the second, at least `slope`. Flat terrain keeps the first result.
+    Finally each cell takes the mean of its points within near_m of the surface: on a slope the lowest point
+    lies at the cell's downhill edge, up to slope x cell below its centre. Empty cells are filled at the end,
+    for interpolation. Returns (grid [nx, ny] float32 tensor, x0, y0) with cell centres at
+    x0 + (i + 0.5) * cell.
+    """
+    x0, y0 = float(x.min()), float(y.min())
+    ix = ((x - x0) / cell).astype(np.int64)
+    iy = ((y - y0) / cell).astype(np.int64)
+    nx, ny = int(ix.max()) + 1, int(iy.max()) + 1
+    zt = torch.from_numpy(np.ascontiguousarray(z, np.float32))
+    flat = torch.full((nx * ny,), math.inf)
+    key = ix * ny + iy
+    flat.scatter_reduce_(0, torch.from_numpy(key), zt, "amin")
+    lowest = flat.view(1, 1, nx, ny)
+    empty = torch.isinf(lowest)
+    g = _open_by_slope(lowest, empty, cell, windows_m, slope, dh0, dh_max)
+    # 1.2: the mean over 12 m understates the steepest stretches within it
+    allowance = (1.2 * _terrain_slope(_fill_empty(g), cell)).clamp_min(slope)
+    if bool((allowance > slope).any()):
+        g = _open_by_slope(lowest, empty, cell, windows_m, allowance, dh0, dh_max)
+    g = _fill_empty(g)[0, 0]
+    h = z - sample_grid(g, x0, y0, cell, x, y)
+    near = np.abs(h) < near_m
+    n = np.bincount(key[near], minlength=nx * ny)
+    mean = np.bincount(key[near], h[near], minlength=nx * ny) / np.maximum(n, 1)
+    shift = torch.from_numpy(np.where(n > 0, mean, np.inf).astype(np.float32).reshape(1, 1, nx, ny))
+    return g + _fill_empty(shift)[0, 0], x0, y0
 
 
 def sample_grid(grid, x0, y0, cell, x, y):
