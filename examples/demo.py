@@ -37,7 +37,7 @@ def main():
     tiles = os.path.join(out, "tiles")
     classified = os.path.join(out, "classified")
     os.makedirs(classified, exist_ok=True)
-    # Seed 2026 is not the pretrained model's training seed (0): these tiles are new to it.
+    # Seed 2026 is not a seed the pretrained models were trained with (0, then 2): these tiles are new to it.
     run("generate", tiles, "--tiles", "3", "--seed", "2026", "--quiet")
     real = sorted(glob.glob(os.path.join(SHARED, "*.la[sz]")))
     if not real:

@@ -26,6 +26,7 @@ import numpy as np
 from sparseconv.lidar import classify_file, load_checkpoint
 from sparseconv.lidar.curves import plot_confusion
 from sparseconv.lidar.features import ground_cell_size, local_density
+from sparseconv.lidar.outliers import low_outliers
 from sparseconv.lidar.windows import grid_shape, split_by_id, tile_index, window_members
 from sparseconv.metrics import confusion_matrix, scores
 
@@ -54,39 +55,18 @@ def quiet_stdout():
         os.close(saved)
 
 
-def low_outliers(xyz, cell=10.0):
-    """Points far below their cell's median height (z < median - max(10 m, 4 MAD)): multipath and artefact
-    returns under the terrain. CSF drops its cloth onto the inverted cloud, so a few such points become peaks
-    that hold the cloth up and nothing near the true ground is called ground; practitioners remove them first
-    (as PDAL's outlier filter before filters.csf), and so does this baseline."""
-    ij = np.floor((xyz[:, :2] - xyz[:, :2].min(0)) / cell).astype(np.int64)
-    key = ij[:, 0] * (ij[:, 1].max() + 1) + ij[:, 1]
-    z = xyz[:, 2]
-    order = np.lexsort((z, key))
-    ks, zs = key[order], z[order]
-    start = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-    count = np.diff(np.r_[start, len(ks)])
-    med = zs[start + count // 2]
-    cell_of = np.repeat(np.arange(len(start)), count)
-    dev = np.abs(zs - med[cell_of])
-    dorder = np.lexsort((dev, cell_of))
-    mad = dev[dorder][start + count // 2]
-    flagged = zs < med[cell_of] - np.maximum(10.0, 4.0 * mad[cell_of])
-    out = np.zeros(len(z), bool)
-    out[order] = flagged
-    return out
-
-
 def csf_ground(xyz, resolution, tile=128.0, overlap=8.0):
     """Boolean ground mask from the Cloth Simulation Filter (Zhang et al. 2016) run tile by tile with the same
     tiles and overlap as the model (one cloth over a whole file sags into its empty parts: append-bug.laz is a
     thin strip and a corner of a 1 km box), or None without the package. rigidness 2 (relief), slope
-    post-processing on, threshold 0.5 m, 500 iterations; low outliers removed first (called non-ground)."""
+    post-processing on, threshold 0.5 m, 500 iterations; low outliers removed first (called non-ground): CSF
+    drops its cloth onto the inverted cloud, so a few points far below the terrain become peaks that hold the
+    cloth up (sparseconv.lidar.outliers; the model's classify does the same)."""
     try:
         import CSF
     except ImportError:
         return None
-    keep = np.flatnonzero(~low_outliers(xyz))
+    keep = np.flatnonzero(~low_outliers(xyz[:, 0], xyz[:, 1], xyz[:, 2]))
     full = np.zeros(len(xyz), bool)
     full[keep] = csf_tiles(xyz[keep], resolution, tile, overlap, CSF)
     return full
