@@ -14,7 +14,8 @@ Scene (per tile, drawn from one of four settings: ``rural``, ``suburban``, ``urb
   an understory layer in forests, crop fields and tall grass (a porous layer over the ground);
 * cars on the roads (driving or parked), a water body (river or pond) with a flat surface, a road bridge
   wherever a road crosses a river, and a power line along a road (poles and three or four catenary wires);
-* noise: isolated returns far above (birds, haze) or below (multipath) the surface.
+* noise: isolated returns far above (birds, haze) or below (multipath) the surface, and in 30% of tiles a
+  multipath burst: 0.2-2% of the pulses around a spot with a return 1.5-80 m under the terrain.
 
 Scan model: one or two flight lines (altitude 800-2000 m above ground, 50-75 m/s), a line scanner whose
 scan lines run across track (parallel lines as a rotating polygon draws them, or a zigzag as an oscillating
@@ -1557,8 +1558,17 @@ def generate_tile(seed: int, size_m=100.0, density=8.0, *, scene=None, water=Non
         pool = with_ret
     nz_p = r_noise.choice(pool, size=min(pool.size, n_hi + n_lo), replace=False)
     hi_p, lo_p = nz_p[:n_hi], nz_p[n_hi:]
+    lo_depth = r_noise.uniform(1.5, 30.0, lo_p.size)
+    if r_noise.random() < 0.3:
+        # a multipath burst (as IGN's artefact code 65: 1.4% of a real tile, tens of metres under its edge):
+        # 0.2-2% of the pulses within 10-40 m of a spot get a return 1.5-80 m beyond the terrain
+        spot, radius = r_noise.uniform(0.0, S, 2), r_noise.uniform(10.0, 40.0)
+        disc = pool[np.hypot(pg[pool, 0] - spot[0], pg[pool, 1] - spot[1]) < radius]
+        burst = r_noise.choice(disc, min(disc.size, int(with_ret.size * r_noise.uniform(0.002, 0.02))), replace=False)
+        lo_p = np.concatenate([lo_p, burst])
+        lo_depth = np.concatenate([lo_depth, r_noise.uniform(1.5, 80.0, burst.size)])
     ns = np.concatenate([first_s[hi_p] - r_noise.uniform(15.0, 300.0, hi_p.size) / cz[hi_p],
-                         np.maximum(last_s[lo_p], t_g[lo_p]) + r_noise.uniform(1.5, 30.0, lo_p.size) / cz[lo_p]])
+                         np.maximum(last_s[lo_p], t_g[lo_p]) + lo_depth / cz[lo_p]])
     npp = np.concatenate([hi_p, lo_p])
     npos = O[npp] + ns[:, None] * d[npp]
     rp = np.concatenate([rp, npp])
