@@ -12,7 +12,7 @@ from .features import height_above_ground
 
 LOW_POINT = 7  # ASPRS "low point (noise)"
 LOW_OUTLIER_CELL = 10.0  # metres: the column whose median height a point is compared with
-LOW_OUTLIER_MIN_DEPTH = 10.0  # metres below that median, at least (and 4 MAD): terraces and ditches stay
+LOW_OUTLIER_MIN_DEPTH = 10.0  # metres below that median, at least (and 2 IQR): terraces and ditches stay
 
 
 def low_outliers(x, y, z, hag=None, cell=LOW_OUTLIER_CELL, min_depth=LOW_OUTLIER_MIN_DEPTH):
