@@ -482,26 +482,27 @@ def report(res: dict) -> str:
         w(f"| {Path(f['path']).name} | {f['points']:,} | {p['grid']}x{p['grid']} | {p['size_m']:.0f} m | "
           f"{p['density']:g} pulses/m2 | {f['bytes'] / 2**20:.0f} MiB | "
           f"{'cached' if f['cached'] else 'now, %.0f s' % f['seconds']} |")
-    w()
-    w("classify_file in a fresh process (medians; peak RSS: the process's VmHWM, imports and model included; its "
-      "LAZ decode/encode child processes, numpy and laspy only, about 120 MiB each, run beside it; cores used: "
-      "CPU s of the process and its children / wall s):")
-    w()
-    w("| file | device, threads | runs | end to end | points/s | read | classify | write | peak RSS | "
-      "cores used | other load | target pts/s | target RSS |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for f in res["files"]:
-        for cfg in res["configs_run"]:
-            s = res["summary"][f"{f['label']}|{cfg_name(*cfg)}"]["api"]
-            if not s.get("n"):
-                w(f"| {f['label']} | {cfg_name(*cfg)} | 0 | failed | | | | | | | | n/a | n/a |")
-                continue
-            rng = f" ({fmt(s['min_pps'])}-{fmt(s['max_pps'])})" if s["n"] > 1 else ""
-            gpu = f" (GPU {s['gpu_peak_mib']:.0f} MiB)" if s.get("gpu_peak_mib") else ""
-            w(f"| {f['label']} ({s['points']:,}) | {cfg_name(*cfg)} | {s['n']} | {s['wall_s']:.1f} s | "
-              f"{fmt(s['points_per_s'])}{rng} | {s['read_s']:.1f} s | {s['classify_s']:.1f} s | "
-              f"{s['write_s']:.1f} s | {s['peak_rss_mib']:.0f} MiB{gpu} | {s['cores_used']:.2f} | {s['other_load_cores']:.2f} cores | {pps_verdict(s, *cfg)} | "
-              f"{rss_verdict(s)} |")
+    if any(r["mode"] == "api" for r in res["runs"]):
+        w()
+        w("classify_file in a fresh process (medians; peak RSS: the process's VmHWM, imports and model included; its "
+          "LAZ decode/encode child processes, numpy and laspy only, about 120 MiB each, run beside it; cores used: "
+          "CPU s of the process and its children / wall s):")
+        w()
+        w("| file | device, threads | runs | end to end | points/s | read | classify | write | peak RSS | "
+          "cores used | other load | target pts/s | target RSS |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for f in res["files"]:
+            for cfg in res["configs_run"]:
+                s = res["summary"][f"{f['label']}|{cfg_name(*cfg)}"]["api"]
+                if not s.get("n"):
+                    w(f"| {f['label']} | {cfg_name(*cfg)} | 0 | failed | | | | | | | | n/a | n/a |")
+                    continue
+                rng = f" ({fmt(s['min_pps'])}-{fmt(s['max_pps'])})" if s["n"] > 1 else ""
+                gpu = f" (GPU {s['gpu_peak_mib']:.0f} MiB)" if s.get("gpu_peak_mib") else ""
+                w(f"| {f['label']} ({s['points']:,}) | {cfg_name(*cfg)} | {s['n']} | {s['wall_s']:.1f} s | "
+                  f"{fmt(s['points_per_s'])}{rng} | {s['read_s']:.1f} s | {s['classify_s']:.1f} s | "
+                  f"{s['write_s']:.1f} s | {s['peak_rss_mib']:.0f} MiB{gpu} | {s['cores_used']:.2f} | {s['other_load_cores']:.2f} cores | {pps_verdict(s, *cfg)} | "
+                  f"{rss_verdict(s)} |")
     scal = scaling_rows(res)
     if scal:
         w()
@@ -522,9 +523,10 @@ def report(res: dict) -> str:
     cli = [(f, cfg, s) for f, cfg, s in cli if s]
     if cli or res.get("folder"):
         w()
-        w("Command line, once per file and configuration (`python -m sparseconv.cli classify IN -o OUT --overwrite "
-          "--quiet --threads N --device D`; wall time of the whole command, interpreter start and imports "
-          "included; peak RSS the largest of the command and its children):")
+        times = "once" if res.get("cli_repeats", 1) == 1 else f"median of {res['cli_repeats']} runs alternated"
+        w(f"Command line, {times} per file and configuration (`python -m sparseconv.cli classify IN -o OUT "
+          "--overwrite --quiet --threads N --device D`; wall time of the whole command, interpreter start and "
+          "imports included; peak RSS the largest of the command and its children):")
         w()
         w("| input | device, threads | wall | points/s | peak RSS | cores used | other load | CLI's own line |")
         w("|---|---|---|---|---|---|---|---|")
@@ -562,7 +564,7 @@ def report(res: dict) -> str:
                 for cfg in res["configs_run"]]
     verdicts += [rss_verdict(res["summary"][f"{f['label']}|{cfg_name(*cfg)}"]["api"]) for f in res["files"]
                  for cfg in res["configs_run"]]
-    verdicts += [r["verdict"] for r in scal if r["mode"] == "api"]
+    verdicts += [r["verdict"] for r in scal]  # classify_file and the whole command
     judged = [v for v in verdicts if v != "n/a"]
     w()
     w(f"Overall: {'PASS' if judged and all(v == 'PASS' for v in judged) else 'MISS'} "
@@ -712,10 +714,10 @@ def run_parent(args) -> int:
     reps = {f["label"]: args.repeats or (3 if f["target"] <= 2_000_000 else 2) for f in files}
     if args.quick:
         reps = {lab: 1 for lab in reps}
-    jobs = [(f, "api", cfg, r) for r in range(max(reps.values(), default=0)) for f in files for cfg in configs
-            if r < reps[f["label"]]]
+    jobs = [] if args.no_api else [(f, "api", cfg, r) for r in range(max(reps.values(), default=0)) for f in files
+                                   for cfg in configs if r < reps[f["label"]]]
     if not args.no_cli:
-        jobs += [(f, "cli", cfg, 0) for f in files for cfg in configs]
+        jobs += [(f, "cli", cfg, r) for r in range(args.cli_repeats) for f in files for cfg in configs]
     folder = folder_of_links(files[0], args.folder) if args.folder else None
     if folder:
         jobs += [(files[0], "dir", cfg, 0) for cfg in configs]
@@ -783,7 +785,7 @@ def run_parent(args) -> int:
     res = {"machine": facts, "files": files, "runs": runs, "summary": summary, "skipped": skipped,
            "not_run": not_run, "model_desc": desc, "model_kind": kind, "profile": profile, "env": args.env or [],
            "configs_run": configs, "devices_run": sorted({d for d, _ in configs}), "threads": threads,
-           "folder": folder_rows, "idle_wait": args.idle_wait,
+           "folder": folder_rows, "idle_wait": args.idle_wait, "cli_repeats": args.cli_repeats,
            "folder_desc": f"folder of {args.folder} x {files[0]['label']} ({args.folder * files[0]['points']:,} "
                           "points)" if args.folder else "",
            "command": " ".join(["python", "benchmarks/classify_throughput.py"] + sys.argv[1:]),
@@ -815,6 +817,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model",
                     help="checkpoint (default: shipped pretrained, else random-init default config)")
     ap.add_argument("--no-cli", action="store_true", help="skip the command-line runs")
+    ap.add_argument("--cli-repeats", type=int, default=1,
+                    help="command-line runs per file and configuration, alternated (default 1; medians reported)")
+    ap.add_argument("--no-api", action="store_true", help="skip the classify_file runs (the command line only)")
     ap.add_argument("--profile", action="store_true", help="cProfile classify_file (1 thread) on the smallest file")
     ap.add_argument("--env", action="append", metavar="KEY=VALUE",
                     help="environment variable for the children (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE")
@@ -841,8 +846,8 @@ def main(argv=None) -> int:
     args.sizes = sorted(set(args.sizes))
     if args.budget is None:
         args.budget = 300.0 if args.quick else 3600.0
-    if (args.repeats is not None and args.repeats < 1) or min(args.sizes) < 10_000:
-        ap.error("--repeats must be >= 1 and --sizes >= 10k points")
+    if (args.repeats is not None and args.repeats < 1) or args.cli_repeats < 1 or min(args.sizes) < 10_000:
+        ap.error("--repeats and --cli-repeats must be >= 1 and --sizes >= 10k points")
     if args.threads and min(args.threads) < 1:
         ap.error("--threads must be >= 1")
     if args.folder is not None and args.folder < 2:

@@ -2,7 +2,11 @@
 
 Importing loads the compiled operators (``torch.ops.sparseconv.*``); nothing is compiled at import time.
 """
-import torch  # noqa: F401  (loads libtorch before the extension)
+from . import _early
+
+_early.start()  # `sparseconv classify` only: its first input starts decoding beside `import torch` (_early.py)
+
+import torch  # noqa: E402, F401  (loads libtorch before the extension)
 
 _REBUILD = ("rebuild sparseconv against the installed torch: pip install --no-build-isolation "
             "--force-reinstall --no-deps . (from the source tree; FORCE_CUDA=1 for CUDA with nvcc on PATH, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -242,3 +243,108 @@ def test_cli_folder_on_threads(model_file, tiles, tmp_path, capsys, monkeypatch)
         assert main(["classify", str(tiles[0]), "-o", str(tmp_path / "x.laz"), "--model", model_file, *bad]) == 1
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and bad[0] in err
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW_PY = str(ROOT / "sparseconv" / "io" / "raw.py")
+
+
+def _stray_codec_processes():
+    """Live processes running this tree's io/raw.py (any parent): none may outlive a command."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if RAW_PY.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _command(*args, cwd):
+    """`python -m sparseconv.cli ...` in a fresh interpreter, as a user runs it (the early decode can start)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("RAYON_NUM_THREADS", None)
+    return subprocess.run([sys.executable, "-m", "sparseconv.cli", *map(str, args)], check=False, cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def _early_started(argv, tmp_path):
+    """In a fresh interpreter that cannot import torch, `import sparseconv` as `python -m sparseconv.cli <argv>`
+    does: whether the first input's decoding started (before torch, which is never imported), and whether closing
+    it ended its child and removed its folder."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, os, sys\n"
+            f"sys.argv = ['-m', *{argv!r}]\n"
+            f"sys.orig_argv = [sys.executable, '-m', 'sparseconv.cli', *{argv!r}]\n"
+            "sys.modules['torch'] = None  # any torch import fails from here on\n"
+            "try:\n    import sparseconv\nexcept ImportError:\n    pass\n"
+            "early = sys.modules['sparseconv._early'].take()\n"
+            "out = {'started': early is not None}\n"
+            "if early is not None:\n"
+            "    proc, folder = early.child.proc, early.tmp.name\n"
+            "    out['raw'] = os.path.exists(os.path.join(folder, 'points.raw'))\n"
+            "    early.close()\n"
+            "    out['ended'] = proc.poll() is not None and not os.path.exists(folder)\n"
+            "print(json.dumps(out))\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], check=False, cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_command_starts_its_first_decode_before_torch(model_file, tiles, tmp_path):
+    """`sparseconv classify` on 2 threads starts decoding its first input before torch is imported (a process that
+    cannot import torch still starts it); on one thread, for a Python-level call, with a bad argument, a missing
+    input or an output that exists (no --overwrite), nothing starts."""
+    src, m = str(tiles[0]), ["--model", model_file]
+    assert _early_started(["classify", src, "-o", "o.laz", "--threads", "2", *m], tmp_path) == \
+        {"started": True, "raw": True, "ended": True}
+    (tmp_path / "exists.laz").write_bytes(b"")
+    for argv in (["classify", src, "-o", "o.laz", "--threads", "1", *m],
+                 ["classify", src, "-o", "o.laz", "--threads", "two"],
+                 ["classify", src, "-o", "o.laz", "--threads", "2", "--help"],
+                 ["classify", str(tmp_path / "gone.laz"), "-o", "o.laz", "--threads", "2"],
+                 ["classify", src, "-o", "exists.laz", "--threads", "2"],
+                 ["info", src]):
+        assert _early_started(argv, tmp_path) == {"started": False}, argv
+    assert sorted(os.listdir(tmp_path)) == ["exists.laz"] and _stray_codec_processes() == []
+
+
+def test_command_early_decode_same_bytes_and_clean_errors(model_file, tiles, tmp_path):
+    """The whole command on 2 threads (first file decoded beside `import torch`, the next ahead, a folder) writes
+    the bytes main() writes on one thread; a truncated or corrupt first input is a one-line error naming it, with
+    no output, temporary file or codec process left behind."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in tiles[:2]:
+        os.symlink(p, folder / Path(p).name)
+    assert main(["classify", str(folder), "-o", str(tmp_path / "ref"), "--model", model_file, "--quiet",
+                 "--threads", "1", "--tile-size", "24"]) == 0
+    run = _command("classify", folder, "-o", tmp_path / "out", "--model", model_file, "--quiet", "--threads", "2",
+                   "--tile-size", "24", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    for p in tiles[:2]:
+        assert _digest(tmp_path / "out" / Path(p).name) == _digest(tmp_path / "ref" / Path(p).name)
+    run = _command("classify", tiles[0], "-o", tmp_path / "one.laz", "--model", model_file, "--quiet",
+                   "--threads", "2", "--tile-size", "24", cwd=tmp_path)
+    assert run.returncode == 0 and _digest(tmp_path / "one.laz") == _digest(tmp_path / "ref" / Path(tiles[0]).name)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "cut.laz").write_bytes(Path(tiles[0]).read_bytes()[:30_000])
+    (bad / "junk.laz").write_bytes(b"not a LAS file at all" * 10)
+    for name, why in (("cut.laz", r"(truncated|unreadable)"), ("junk.laz", "not a readable LAS/LAZ file")):
+        run = _command("classify", bad / name, "-o", bad / "o.laz", "--model", model_file, "--quiet",
+                       "--threads", "2", cwd=tmp_path)
+        err = run.stderr.strip()
+        assert run.returncode == 1 and err.count("\n") == 0, err
+        assert re.search(rf"^sparseconv classify: error: .*{re.escape(name)}: {why}", err), err
+        assert sorted(os.listdir(bad)) == ["cut.laz", "junk.laz"]
+    assert _stray_codec_processes() == []

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -158,6 +159,42 @@ class Decoder:
         else:
             for line in self.child.lines():
                 yield int(line)
+
+
+class EarlyDecode:
+    """decode() of src for dst, started now in a Child of its own (`sparseconv classify` starts its first input so
+    before it imports torch; sparseconv/_early.py): the temporary folder beside dst that classify_files would
+    make for the file, points.raw in it. take() hands folder, child and Decoder over; close() (idempotent) ends
+    the child and removes the folder."""
+
+    def __init__(self, src, dst, chunk_size, threads):
+        self.src, self.dst, self.chunk_size, self.threads = src, dst, chunk_size, threads
+        self.child = self.decoder = None
+        self.tmp = tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(dst)), prefix=".sparseconv-")
+        try:
+            self.child = Child(threads)
+            self.decoder = Decoder(src, os.path.join(self.tmp.name, "points.raw"), chunk_size, self.child)
+        except BaseException:
+            self.close()
+            raise
+
+    def matches(self, src, dst, chunk_size, tmp_dir=None):
+        same = os.path.abspath(src) == os.path.abspath(self.src) and os.path.abspath(dst) == os.path.abspath(self.dst)
+        here = tmp_dir is None or os.path.abspath(tmp_dir) == os.path.dirname(self.tmp.name)
+        return self.decoder is not None and same and chunk_size == self.chunk_size and here
+
+    def take(self):
+        """(TemporaryDirectory, Child, Decoder), now the caller's."""
+        out = self.tmp, self.child, self.decoder
+        self.tmp = self.child = self.decoder = None
+        return out
+
+    def close(self):
+        if self.child is not None:
+            self.child.close()  # busy: killed
+        if self.tmp is not None:
+            self.tmp.cleanup()
+        self.tmp = self.child = self.decoder = None
 
 
 class Encoder:

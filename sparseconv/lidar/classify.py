@@ -13,9 +13,10 @@ Per file, three passes, none of which holds the whole file:
 
 LAZ is decoded and encoded here, with lazrs on every thread, while nothing else runs; beside other work it runs
 in a child process (lazrs holds the GIL): over several files (classify_files) the next file is decoded while
-this one's network runs, and this one is encoded while the next is read and classified. The labels do not
-depend on the threads: same bytes out. Peak memory is set by the block size (about `block_points` points),
-the batch and the workers, not by the file.
+this one's network runs, and this one is encoded while the next is read and classified; `sparseconv classify`
+on 2+ threads starts decoding its first file in a child before it imports torch (first=, sparseconv/_early.py),
+so that decoding overlaps the command's start-up. The labels do not depend on the threads: same bytes out. Peak
+memory is set by the block size (about `block_points` points), the batch and the workers, not by the file.
 """
 import ctypes
 import math
@@ -168,9 +169,11 @@ class _File:
     """One input through the three passes; close() undoes whatever is left (child processes, temporary files).
 
     children: a raw.Children to decode in (the file is decoded ahead, beside another file's network), or None:
-    decoded here when read, nothing else running (lazrs on every thread)."""
+    decoded here when read, nothing else running (lazrs on every thread). early: a raw.EarlyDecode of this file
+    (its decoding began before torch was imported): its folder and child are taken over, the child goes back to
+    children after the read."""
 
-    def __init__(self, src, dst, config, opts, children=None):
+    def __init__(self, src, dst, config, opts, children=None, early=None):
         src_abs, dst_abs = os.path.abspath(src), os.path.abspath(dst)
         if src_abs == dst_abs:
             raise LasError(f"{dst}: is the input file; choose another output")
@@ -181,14 +184,19 @@ class _File:
         self.t0, self.times, self.opts = time.perf_counter(), {}, opts
         self.input = self.src = src
         self.dst, self.children, self.reader, self.writer, self.out_tmp = dst, children, None, None, None
-        self.tmp = tempfile.TemporaryDirectory(dir=opts["tmp_dir"] or os.path.dirname(dst_abs), prefix=".sparseconv-")
+        if early is not None:
+            self.tmp, self.reader, self.decoder = early.take()
+        else:
+            self.tmp = tempfile.TemporaryDirectory(dir=opts["tmp_dir"] or os.path.dirname(dst_abs),
+                                                   prefix=".sparseconv-")
         try:
             if is_open3d_file(src):  # PLY/PCD/XYZ/PTS: through a LAS copy
                 self.src = open3d_to_las(src, self._path("input.las"))
             self._plan(config)
-            self.reader = children.take() if children is not None else None
-            self.decoder = Decoder(self.src, self._path("points.raw"), opts["chunk_size"], self.reader,
-                                   parallel=opts["threads"] > 1)
+            if early is None:
+                self.reader = children.take() if children is not None else None
+                self.decoder = Decoder(self.src, self._path("points.raw"), opts["chunk_size"], self.reader,
+                                       parallel=opts["threads"] > 1)
         except BaseException:
             self.close()
             raise
@@ -247,7 +255,7 @@ class _File:
         self.times["read"] = time.perf_counter() - t0
 
     def _parts(self, batch_points, codes, names):
-        """The spilled blocks as parts, prepared in file order."""
+        """The spilled blocks as parts in file order: for each, its points loaded and a function preparing it."""
         plan, k = self.plan, self.plan.k
         for b in sorted(self.spill.counts):
             rec = self.spill.load(b)
@@ -275,7 +283,7 @@ class _File:
                 part = (bi * k + (pid // n_parts) * s, bj * k + (pid % n_parts) * s, s)  # first tile x, y; side
                 sub = pts if sel is None else {n_: v[sel] for n_, v in pts.items()}
                 rows = rec["row"] if sel is None else rec["row"][sel]
-                yield _Part(sub, rows, part, (bi * k, bj * k, k), plan, batch_points, codes, names)
+                yield partial(_Part, sub, rows, part, (bi * k, bj * k, k), plan, batch_points, codes, names)
 
     def classify(self, runner, model, config, device, children=None):
         """Pass 2: labels of every point into labels.npy. Part p + 1 is prepared while p's batches run.
@@ -297,10 +305,18 @@ class _File:
             if bar:
                 bar.update(out.size)
 
-        parts = self._parts(o["batch_points"], codes, names)
+        parts, second = self._parts(o["batch_points"], codes, names), None
         while True:
             with runner.beside():  # preparing the next part, while the batches before it run
-                part = next(parts, None)
+                if second is not None:
+                    part, second = second.result(), None
+                else:
+                    prepare = next(parts, None)
+                    if prepare is not None and not running and runner.workers > 1:
+                        # No batch runs beside the first part: the second is prepared meanwhile on another thread.
+                        after = next(parts, None)
+                        second = runner.aside(after) if after is not None else None
+                    part = prepare() if prepare is not None else None
             if part is None:
                 break
             part.submit(runner, model, device, names, voxel, lut, rgb_div)
@@ -356,7 +372,7 @@ class _File:
 
 def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_points=BATCH_POINTS,
                    block_points=2_000_000, chunk_size=1_000_000, progress=True, tmp_dir=None, tile_size=128.0,
-                   threads=None):
+                   threads=None, first=None):
     """Classifies each (src, dst) of jobs (LAS or LAZ by dst's extension; PLY/PCD/XYZ/PTS inputs through Open3D);
     yields (src, dst, result) in order as each output is complete. result: points, seconds per phase, class
     histogram written, parts (how many pieces ran through pass 2: one per block unless points cluster).
@@ -366,9 +382,15 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
     larger one may run faster on a GPU.
     tile_size: inference tiles in metres (None: the training tile). The network is convolutional, so larger
     tiles than in training only add context, and the overlap (config["overlap"] on every side) costs less.
+    first: a raw.EarlyDecode of jobs[0] already decoding (`sparseconv classify` starts it before importing torch),
+    used with 2+ threads when it is that file's, with the same chunk_size and temporary folder; else ended here.
     A failing file raises after the outputs of the files before it are complete."""
     jobs = list(jobs)
     threads = max(1, int(threads or torch.get_num_threads()))
+    if first is not None and not (threads > 1 and jobs and not is_open3d_file(jobs[0][0])
+                                  and first.matches(*jobs[0], chunk_size, tmp_dir)):
+        first.close()  # one thread: decoded here, one step after another, as without it
+        first = None
     opts = {"overwrite": overwrite, "batch_points": batch_points, "block_points": block_points,
             "chunk_size": chunk_size, "progress": progress, "tmp_dir": tmp_dir, "tile_size": tile_size,
             "threads": threads}
@@ -383,6 +405,8 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
             try:
                 if isinstance(ahead, Exception):
                     raise ahead
+                if first is not None:  # jobs[0], its decoding started before torch was imported
+                    ahead, first = _File(src, dst, config, opts, children, early=first), None
                 cur, ahead = ahead or _File(src, dst, config, opts), None
                 more = i + 1 < len(jobs)  # files after this one
                 try:
@@ -409,6 +433,8 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
         for f in (writing, ahead):
             if isinstance(f, _File):
                 f.close()
+        if first is not None:
+            first.close()
         runner.close()
         if children is not None:
             children.close()

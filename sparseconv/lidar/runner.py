@@ -21,7 +21,7 @@ class OrderedRunner:
     (it prepares the next batches beside them) and restored by close()."""
 
     def __init__(self, workers, torch_threads):
-        self.pool, self.saved, self.workers = None, torch.get_num_threads(), workers
+        self.pool, self.saved, self.workers, self.torch_threads = None, torch.get_num_threads(), workers, torch_threads
         torch.set_num_threads(torch_threads)
         if workers:
             self.pool = ThreadPoolExecutor(workers, "sparseconv-batch", torch.set_num_threads, (torch_threads,))
@@ -73,6 +73,15 @@ class OrderedRunner:
             with self.slots:
                 self.limit = self.workers
                 self.slots.notify_all()
+
+    def aside(self, fn):
+        """fn() on a thread of its own with the workers' torch threads (its results are those of the caller's
+        thread); returns its Future. For the caller's kind of work while no batch runs beside it."""
+        pool = ThreadPoolExecutor(1, "sparseconv-aside", torch.set_num_threads, (self.torch_threads,))
+        try:
+            return pool.submit(fn)
+        finally:
+            pool.shutdown(wait=False)  # the thread ends after fn
 
     def _commit(self, seq, out, commit):
         # The pool takes tasks first in, first out, so every earlier task is running or done: waiting here for
