@@ -10,7 +10,9 @@
 
     python examples/train_pretrained.py --init old.pt --seed 1 --tiles 400 --epochs 14 --lr 1e-3   # README's r3
     python examples/train_pretrained.py --tiles 12 --epochs 2 --work /tmp/pt --out /tmp/pt/model.pt   # smoke
-    python examples/train_pretrained.py --init old.pt --features base --seed 2 --tiles 320 --epochs 12 --lr 1e-3
+    python examples/train_pretrained.py --init old.pt --features base --seed 2 --tiles 640 --epochs 30 --lr 1e-3
+    python examples/train_pretrained.py --init run1.pt --features base --seed 4 --tile-seed 2 --tiles 640 \
+        --epochs 22 --lr 1e-3 --work build/run2          # the shipped model's two runs (README)
 
 The shipped model predates this script's shape features and tiles: it comes from commit 99ca34c's script.
 
@@ -55,7 +57,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--tiles", type=int, default=160)
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (windows, split, initial weights)")
+    ap.add_argument("--tile-seed", type=int, help="seed of the generated tiles (default: --seed)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--init", help="start from this model (e.g. a copy of the previous shipped one)")
     ap.add_argument("--work", default=os.path.join(ROOT, "build", "pretrained"),
@@ -66,7 +69,8 @@ def main():
                          "intensity, returns, dz), which held up better on the real IGN file")
     ap.add_argument("--single-return", type=float, default=0.3, help="share of single-return tiles")
     args = ap.parse_args()
-    paths = make_tiles(os.path.join(args.work, "tiles"), args.tiles, args.seed, args.single_return)
+    tile_seed = args.seed if args.tile_seed is None else args.tile_seed
+    paths = make_tiles(os.path.join(args.work, "tiles"), args.tiles, tile_seed, args.single_return)
     ckpt = os.path.join(args.work, "train.pt")
     resume = os.path.exists(ckpt)
     train(paths, ckpt, epochs=args.epochs, batch_size=4, lr=args.lr, val_fraction=0.15, seed=args.seed,
