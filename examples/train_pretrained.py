@@ -66,7 +66,7 @@ def main():
     ap.add_argument("--out", default=PRETRAINED)
     ap.add_argument("--features", choices=("all", "base"), default="all",
                     help="all: every feature, shape features included; base: the shipped model's six (hag, "
-                         "intensity, returns, dz), which held up better on the real IGN file")
+                         "intensity, first, last, returns, dz), which held up better on the real IGN file")
     ap.add_argument("--single-return", type=float, default=0.3, help="share of single-return tiles")
     args = ap.parse_args()
     tile_seed = args.seed if args.tile_seed is None else args.tile_seed
@@ -74,7 +74,8 @@ def main():
     ckpt = os.path.join(args.work, "train.pt")
     resume = os.path.exists(ckpt)
     train(paths, ckpt, epochs=args.epochs, batch_size=4, lr=args.lr, val_fraction=0.15, seed=args.seed,
-          resume=resume, init=None if resume else args.init, features=feature_names(False, shape=args.features == "all"),
+          resume=resume, init=None if resume else args.init,
+          features=feature_names(False, shape=args.features == "all"),
           curves=os.path.splitext(args.out)[0] + "_curves.png")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     release(ckpt, args.out)

@@ -1041,7 +1041,8 @@ def _pulses(rng, S, density, z_nom, reach_lo, reach_hi, max_angle):
         rho = density / n_lines
         # spacing across / along the scan lines: near-square, or (oscillating mirrors at a high pulse rate,
         # thinned deliveries) lines several times further apart than the pulses along them
-        k_an = rng.uniform(0.8, 1.25) if rng.random() < 0.7 else float(np.exp(rng.uniform(np.log(1.25), np.log(4.0))))
+        k_an = rng.uniform(0.8, 1.25) if rng.random() < 0.7 else \
+            float(np.exp(rng.uniform(np.log(1.25), np.log(4.0))))
         da, dc = k_an / math.sqrt(rho), 1.0 / (k_an * math.sqrt(rho))
         a_k = a_min - da + (np.arange(int((a_max - a_min) / da) + 3) + rng.uniform(0, 1)) * da
         c_j = c_min + (np.arange(int((c_max - c_min) / dc) + 1) + rng.uniform(0, 1)) * dc
@@ -1564,7 +1565,8 @@ def generate_tile(seed: int, size_m=100.0, density=8.0, *, scene=None, water=Non
         # 0.2-2% of the pulses within 10-40 m of a spot get a return 1.5-80 m beyond the terrain
         spot, radius = r_noise.uniform(0.0, S, 2), r_noise.uniform(10.0, 40.0)
         disc = pool[np.hypot(pg[pool, 0] - spot[0], pg[pool, 1] - spot[1]) < radius]
-        burst = r_noise.choice(disc, min(disc.size, int(with_ret.size * r_noise.uniform(0.002, 0.02))), replace=False)
+        n_burst = min(disc.size, int(with_ret.size * r_noise.uniform(0.002, 0.02)))
+        burst = r_noise.choice(disc, n_burst, replace=False)
         lo_p = np.concatenate([lo_p, burst])
         lo_depth = np.concatenate([lo_depth, r_noise.uniform(1.5, 80.0, burst.size)])
     ns = np.concatenate([first_s[hi_p] - r_noise.uniform(15.0, 300.0, hi_p.size) / cz[hi_p],

@@ -21,11 +21,14 @@ def low_outliers(x, y, z, hag=None, cell=LOW_OUTLIER_CELL, min_depth=LOW_OUTLIER
     height_above_ground of these points, computed when None). The median alone would flag the ground under
     a tall forest, whose cells hold mostly crown returns; the ground estimate follows the lowest points but
     closes one-cell pits, so isolated returns under the terrain stay below it. One sort of (cell, centimetre
-    height) packed into int64."""
+    height) packed into int64, only when some point lies min_depth under the ground estimate."""
     if x.size == 0:
         return np.zeros(0, bool)
     if hag is None:
         hag = height_above_ground(x, y, z)
+    deep = hag < -min_depth
+    if not deep.any():  # most parts: no point that deep, no sort
+        return deep
     ix = np.floor((x - x.min()) / cell).astype(np.int64)
     iy = np.floor((y - y.min()) / cell).astype(np.int64)
     key = ix * (int(iy.max()) + 1) + iy
@@ -40,4 +43,4 @@ def low_outliers(x, y, z, hag=None, cell=LOW_OUTLIER_CELL, min_depth=LOW_OUTLIER
     med = zs[start + count // 2]
     iqr = zs[start + (3 * count) // 4] - zs[start + count // 4]
     limit = med - np.maximum(min_depth * 100.0, 2.0 * iqr)
-    return (zq < limit[np.searchsorted(ks[start], key)]) & (hag < -min_depth)
+    return (zq < limit[np.searchsorted(ks[start], key)]) & deep
