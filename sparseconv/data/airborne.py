@@ -257,8 +257,11 @@ class _Polyline:
 
 
 class _Scene:
-    def __init__(self, rng, S, scene, water, power_line):
+    def __init__(self, rng, S, scene, water, power_line, rx=None):
         self.rng = rng
+        # draws of the features added after the first generator (dormers, orchards, crop rows) come from their
+        # own stream: a tile without them is the tile it was before
+        self.rx = np.random.default_rng(0) if rx is None else rx
         self.S = S
         self.scene = scene
         lo, hi = -_MARGIN, S + _MARGIN
@@ -268,6 +271,8 @@ class _Scene:
         self.kind = np.zeros((n, n), np.uint8)
         self.lv_h = np.zeros((n, n), np.float32)  # porous low-vegetation layer height over the terrain
         self.lv_mu = np.zeros((n, n), np.float32)
+        self.lv_refl = np.full((n, n), 0.42, np.float32)
+        self.lv_crop = np.zeros((n, n), bool)  # a crop field's plants: returns off them are never ground
         self.blocked = np.zeros((n, n), bool)  # no new building / pond here
         self.notree = np.zeros((n, n), bool)
         self.top = np.full((m, m), -np.inf, np.float32)
@@ -705,6 +710,9 @@ class _Scene:
             c, s = math.cos(yaw), math.sin(yaw)
             gx, gy = du * c - dv * s, du * s + dv * c
             self._paint(sl, m, h, oid, gx, gy)
+            if roof in ("gable", "hip") and plan["kind"] in ("house", "urban") and k == 0 and W >= 6.5 \
+                    and self.rx.random() < 0.35:
+                self._dormers(rx, ry, L, W, yaw, eave, tp, roof, oid)
             # rooftop furniture
             if roof == "flat":
                 for _ in range(int(rng.integers(0, 2 + int(L * W / 150)))):
@@ -724,6 +732,42 @@ class _Scene:
                 if w2 is not None:
                     ridge = eave + tp * min(hw, hl if roof == "hip" else hw)
                     self._paint(w2[0], w2[3], ridge + U(0.3, 1.0), self._new_object(BUILDING, U(0.15, 0.35), U(0.15, 0.35)))
+
+    def _dormers(self, rx, ry, L, W, yaw, eave, tp, roof, oid):
+        """1-3 dormers on one or both slopes of a gable / hip roof: a vertical front wall set back from the
+        eave and a shed roof (flatter than the main one) or a small gable whose ridge runs up the slope; painted
+        as a maximum, so each dormer ends where it meets the main roof."""
+        r = self.rx
+        hl, hw = L / 2, W / 2
+        c, s = math.cos(yaw), math.sin(yaw)
+        for side in ((-1.0, 1.0) if r.random() < 0.5 else (float(r.choice((-1.0, 1.0))),)):
+            n = int(r.integers(1, 4))
+            span = hl - (hw if roof == "hip" else 0.5) - 1.0  # stay off the hips and gable ends
+            width = r.uniform(1.4, 3.2)
+            if span < width / 2:
+                continue
+            for cu in np.linspace(-span + width / 2, span - width / 2, n) if n > 1 else [r.uniform(-0.3, 0.3) * span]:
+                setback = r.uniform(0.4, 1.5)
+                v_front = hw - setback  # distance of the front wall from the ridge line
+                h_front = eave + tp * setback + r.uniform(0.9, 1.7)
+                depth = v_front  # reaches back to the ridge at most; the max-paint cuts it at the roof
+                bu, bv = cu, side * (v_front - depth / 2)
+                bx, by = rx + bu * c - bv * s, ry + bu * s + bv * c
+                win = self._rect_window(self.og, bx, by, width, depth, yaw)
+                if win is None:
+                    continue
+                sl, u, v, m = win
+                back = depth / 2 - side * v  # metres behind the front wall (v in the dormer's frame)
+                if r.random() < 0.6:  # shed dormer
+                    ts = math.tan(math.radians(r.uniform(5.0, 15.0)))
+                    h = h_front + ts * back + 0.0 * u
+                    du, dv = 0.0 * h, np.full(h.shape, -side * ts)
+                else:  # gabled dormer, ridge up the slope
+                    tg = math.tan(math.radians(r.uniform(30.0, 50.0)))
+                    h = h_front + tg * (width / 2 - np.abs(u)) + 0.0 * v
+                    du, dv = -tg * np.sign(u) + 0.0 * v, 0.0 * h
+                gx, gy = du * c - dv * s, du * s + dv * c
+                self._paint(sl, m, h, oid, gx, gy)
 
     def _cars(self):
         rng, U = self.rng, self.U
@@ -914,6 +958,20 @@ class _Scene:
                 x, y = x0 + t * math.cos(a), y0 + t * math.sin(a)
                 if -10 < x < S + 10 and -10 < y < S + 10 and self._free(np.array([x]), np.array([y]))[0]:
                     self._tree(x, y, U(8.0, 18.0), 0.1)
+        # orchards: small trees in a grid of rows, grass between them
+        if sc == "rural" and self.rx.random() < 0.35:
+            rx = self.rx
+            cx, cy, a = rx.uniform(0.2, 0.8) * S, rx.uniform(0.2, 0.8) * S, rx.uniform(0, math.pi)
+            L, W, row, step = rx.uniform(30, 70), rx.uniform(25, 50), rx.uniform(4.0, 7.0), rx.uniform(2.5, 5.0)
+            h, r_max = rx.uniform(2.5, 6.0), rx.uniform(1.0, 2.2)
+            uu, vv = np.meshgrid(np.arange(-L / 2, L / 2, step), np.arange(-W / 2, W / 2, row))
+            tx = cx + uu.ravel() * math.cos(a) - vv.ravel() * math.sin(a)
+            ty = cy + uu.ravel() * math.sin(a) + vv.ravel() * math.cos(a)
+            keep = self._free(tx, ty) & (rx.random(tx.size) < 0.92)  # a few missing trees
+            for x, y, hh in zip(tx[keep], ty[keep], h * rx.uniform(0.85, 1.15, tx.size)[keep]):
+                self._deciduous(float(x), float(y), float(hh), r_max=r_max)
+            u, v = _rot_local(X, Y, cx, cy, a)
+            self.notree |= (np.abs(u) <= L / 2 + 2) & (np.abs(v) <= W / 2 + 2)
         # hedges
         lo, hi = {"urban": (0, 2), "suburban": (2, 6), "rural": (2, 6), "forest": (0, 1)}[sc]
         for _ in range(int(round(rng.integers(lo, hi + 1) * af))):
@@ -951,6 +1009,15 @@ class _Scene:
             m &= ~near_bld
             h = U(0.05, 2.0) if crop else U(0.08, 0.4)  # crops from stubble to maize
             hf = h * (1.0 + 0.15 * _noise(rng, g, 3.0))
+            if crop:
+                rx = self.rx
+                if rx.random() < 0.4:  # stubble and young crops, a few cm to 30 cm (the 3DEP farmland)
+                    hf *= rx.uniform(0.03, 0.3) / h
+                # sown in rows 0.5-0.9 m apart, bare soil between them until the plants close over
+                row, cover = rx.uniform(0.5, 0.9), rx.uniform(0.35, 1.0)
+                m &= np.abs((v / row) % 1.0 - 0.5) * 2.0 <= cover
+                self.lv_refl[m] = rx.uniform(0.12, 0.42)  # dry stubble is dark, green leaves bright
+                self.lv_crop[m] = True
             self.lv_h[m] = np.maximum(self.lv_h[m], hf[m])
             self.lv_mu[m] = U(2.0, 5.0) if crop else U(3.0, 8.0)
             if crop:
@@ -1267,7 +1334,8 @@ def _crown_intervals(sc, O, d, t_g, t_solid):
     m = (lvh > 0.03) & (t_solid >= t_g - 1e-6)
     if m.any():
         p = np.flatnonzero(m)
-        out.append((p, t_g[p] - lvh[p] / cz[p], t_g[p], lvm[p], np.full(p.size, 0.42)))
+        out.append((p, t_g[p] - lvh[p] / cz[p], t_g[p], lvm[p],
+                    sc.dem.nearest(sc.lv_refl, g[p, 0], g[p, 1]).astype(np.float64)))
     if not out:
         e = np.empty(0)
         return np.empty(0, np.int64), e, e, e, e
@@ -1460,13 +1528,13 @@ def generate_tile(seed: int, size_m=100.0, density=8.0, *, scene=None, water=Non
     if scene is not None and scene not in SCENES:
         raise ValueError(f"scene must be one of {SCENES} or None, got {scene!r}")
     ss = np.random.SeedSequence([seed, 0x41_49_52_42])
-    r_scene, r_scan, r_ret, r_noise, r_misc = (np.random.default_rng(s) for s in ss.spawn(5))
+    r_scene, r_scan, r_ret, r_noise, r_misc, r_extra = (np.random.default_rng(s) for s in ss.spawn(6))
     if scene is None:
         scene = SCENES[int(r_misc.choice(len(SCENES), p=_SCENE_P))]
     if origin is None:
         origin = (650000.0 + size_m * int(r_misc.integers(0, 200)), 6860000.0 + size_m * int(r_misc.integers(0, 200)))
     S = size_m
-    sc = _Scene(r_scene, S, scene, water, power_line)
+    sc = _Scene(r_scene, S, scene, water, power_line, r_extra)
 
     # --- scan --------------------------------------------------------------------------------------------
     inner = (sc.dem.axis() > 0) & (sc.dem.axis() < S)
@@ -1493,6 +1561,7 @@ def generate_tile(seed: int, size_m=100.0, density=8.0, *, scene=None, water=Non
 
     # --- positions, materials ------------------------------------------------------------------------------
     sigma = r_ret.uniform(0.015, 0.035)
+    rs_true = rs
     rs = rs + r_ret.normal(0.0, sigma, rs.size)
     pos = O[rp] + rs[:, None] * d[rp]
     hag = pos[:, 2] - sc.zg(pos[:, 0], pos[:, 1])
@@ -1526,8 +1595,14 @@ def generate_tile(seed: int, size_m=100.0, density=8.0, *, scene=None, water=Non
     cosang[obj] = np.where(wall, np.maximum(np.hypot(do[:, 0], do[:, 1]), 0.05), roof_cos)
     # vegetation by height above the terrain; wires
     veg = rtyp == 1
-    cls[veg] = np.where(hag[veg] < 0.1, GROUND, np.where(hag[veg] < 0.5, LOW_VEGETATION,
-                                                         np.where(hag[veg] < 2.0, MEDIUM_VEGETATION, HIGH_VEGETATION)))
+    low = np.where(veg, hag < 0.1, False)
+    if sc.lv_crop.any():  # a return off a crop plant is vegetation (3DEP: unclassified), not ground
+        iv = np.flatnonzero(low)
+        p0 = O[rp[iv]] + rs_true[iv, None] * d[rp[iv]]
+        crop = sc.dem.nearest(sc.lv_crop, p0[:, 0], p0[:, 1]) & (p0[:, 2] - sc.zg(p0[:, 0], p0[:, 1]) >= 0.02)
+        low[iv[crop]] = False
+    cls[veg] = np.where(low[veg], GROUND, np.where(hag[veg] < 0.5, LOW_VEGETATION,
+                                                   np.where(hag[veg] < 2.0, MEDIUM_VEGETATION, HIGH_VEGETATION)))
     cosang[veg] = r_ret.uniform(0.5, 1.0, int(veg.sum()))
     cls[rtyp == 2] = WIRE
     # water gives few returns: mostly near nadir
