@@ -107,6 +107,7 @@ def test_returns_consistent(full_tile):
 
 def test_vegetation_heights(full_tile):
     c, hag, z = full_tile["classification"], full_tile["height_above_ground"], full_tile["z"]
+    # a suburban tile has no crop fields: low vegetation starts 0.1 m above the terrain
     assert (hag[c == 3] >= 0.1 - 1e-4).all() and (hag[c == 3] < 0.5 + 1e-4).all()
     assert (hag[c == 4] >= 0.5 - 1e-4).all() and (hag[c == 4] < 2.0 + 1e-4).all()
     assert (hag[c == 5] >= 2.0 - 1e-4).all()
@@ -125,6 +126,51 @@ def test_vegetation_heights(full_tile):
         dz = z[m][ok] - gz[pos[ok]]
         assert ok.sum() > 10, cls
         assert ((dz > lo) & (dz < hi)).mean() > 0.9, (cls, np.percentile(dz, [5, 50, 95]))
+
+
+def test_crop_returns_are_not_ground():
+    """Stubble and young crops (3DEP farmland: 3-27 cm, unclassified there): returns off the plants are low
+    vegetation even within 0.1 m of the soil, and darker than the ground (a porous return shares the pulse)."""
+    tile = generate_tile(2, size_m=100.0, density=6.0, scene="rural", return_hag=True)
+    c, hag, it = tile["classification"], tile["height_above_ground"], tile["intensity"]
+    crop = (c == 3) & (hag < 0.1)
+    assert crop.sum() > 500
+    assert np.median(it[crop]) < 0.5 * np.median(it[c == 2])
+    assert np.percentile(np.abs(hag[c == 2]), 99) < 0.2  # and the ground is still only the soil
+
+
+class _Always:
+    """A Generator whose random() is 0: every optional feature drawn from it is present."""
+
+    def __init__(self, seed):
+        self._g = np.random.default_rng(seed)
+
+    def random(self, size=None):
+        return 0.0 if size is None else np.zeros(size)
+
+    def __getattr__(self, name):
+        return getattr(self._g, name)
+
+
+def test_dormers_rise_from_both_slopes_and_stay_under_the_ridge():
+    import math
+
+    from sparseconv.data import airborne as A
+
+    sc = A._Scene(np.random.default_rng(0), 100.0, "rural", False, False, _Always(1))
+    sc.top[:] = -np.inf
+    cx, cy, L, W, yaw, eave, tp = 50.0, 50.0, 14.0, 9.0, 0.4, 100.0, math.tan(math.radians(40))
+    sl, u, v, m = sc._rect_window(sc.og, cx, cy, L, W, yaw)
+    main = eave + tp * (W / 2 - np.abs(v)) + 0.0 * u
+    sc._paint(sl, m, main, 0)
+    sc._dormers(cx, cy, L, W, yaw, eave, tp, "gable", 0)
+    top = sc.top[sl]
+    above = m & (top > main + 0.3)
+    assert above[v > 0].sum() > 20 and above[v < 0].sum() > 20  # _Always: dormers on both slopes
+    assert (top[m] >= main[m] - 1e-3).all()  # painted as a maximum: the roof is never cut
+    assert (top[m] > main[m] + 1e-3).mean() < 0.4  # dormers, not a second roof
+    assert top[m].max() <= eave + tp * W / 2 + 1e-6  # below the ridge
+    assert not np.isfinite(top[~m]).any()  # and within the footprint
 
 
 def test_attributes(full_tile):

@@ -9,9 +9,11 @@ Scene (per tile, drawn from one of four settings: ``rural``, ``suburban``, ``urb
   0.2-2 m) and, now and then, a terraced area; roads are cut/filled into it (flat across, with shoulders
   and raised sidewalks), rivers and ponds are carved into it with sloping banks;
 * buildings: one or two wings (rectangles, L-shapes) with a flat roof (parapets, rooftop boxes), or a
-  gable, hip or shed roof (chimneys), lower annexes; 3-30 m high, aligned with the nearest road;
+  gable, hip or shed roof (chimneys; shed or gabled dormers on a third of pitched house roofs), lower annexes;
+  3-30 m high, aligned with the nearest road;
 * trees without trunks: deciduous crowns made of 1-3 ellipsoid lobes, conifers as cones; hedges, shrubs,
-  an understory layer in forests, crop fields and tall grass (a porous layer over the ground);
+  orchards (small trees in rows), an understory layer in forests, tall grass and crop fields (a porous layer
+  over the ground; crops sown in rows with bare soil between until they close, from 3 cm stubble to maize);
 * cars on the roads (driving or parked), a water body (river or pond) with a flat surface, a road bridge
   wherever a road crosses a river, and a power line along a road (poles and three or four catenary wires);
 * noise: isolated returns far above (birds, haze) or below (multipath) the surface, and in 30% of tiles a
@@ -31,7 +33,8 @@ lower (they share the pulse). ``gps_time`` (adjusted standard GPS time) increase
 all returns of a pulse share it. Returns are ordered by pulse, then by return number.
 
 Labels (:data:`CLASSES`): 2 ground (terrain, roads, sidewalks, river banks), 3/4/5 vegetation returns by
-height above the terrain (< 0.5 m, 0.5-2 m, > 2 m; porous returns within 0.1 m of the terrain are ground),
+height above the terrain (< 0.5 m, 0.5-2 m, > 2 m; porous returns within 0.1 m of the terrain are ground,
+except returns off crop plants 2 cm or more above the soil: crops are not ground),
 6 building (roofs, walls, rooftop boxes, chimneys), 1 unclassified (cars, and the rarely hit power-line
 poles), 7 noise, 9 water, 14 wire, 17 bridge deck (with its parapets). Every tile has 2, 6 or vegetation
 and noise; 9, 14 and 17 appear in the tiles that have water, a power line, a bridge.
