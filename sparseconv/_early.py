@@ -12,6 +12,7 @@ temporary folder removed, at exit.
 """
 import atexit
 import os
+import signal
 import sys
 
 _pending = None
@@ -60,6 +61,14 @@ def start():
         _pending = None
     if _pending is not None:
         atexit.register(_close_pending)
+        # a SIGTERM while torch is imported: exit through atexit (which ends the decode and removes its
+        # folder) rather than die with both left behind; cli.main sets its own handler once it runs
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _exit_on_signal)
+
+
+def _exit_on_signal(signum, frame):
+    sys.exit(128 + signum)
 
 
 def _start(argv):

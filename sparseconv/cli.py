@@ -1,6 +1,8 @@
 """The `sparseconv` command line. Errors print one line and exit non-zero, never a traceback."""
 import os
+import signal
 import sys
+import threading
 
 import numpy as np
 
@@ -188,8 +190,20 @@ def build_parser():
                                    "train": cmd_train, "classify": cmd_classify})
 
 
+class Terminated(BaseException):
+    """SIGTERM / SIGHUP (a batch scheduler's kill, a closed terminal): unwinds the command like Ctrl-C does, so
+    that temporary folders, partial outputs and codec children are removed on the way out."""
+
+
+def _terminated(signum, frame):
+    raise Terminated(signum)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _terminated)
     try:
         args.func(args)
     except (LasError, ValueError, OSError) as e:
@@ -198,6 +212,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"sparseconv {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:
+        signum = e.args[0]
+        print(f"sparseconv {args.command}: terminated ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except Exception as e:  # anything else: still one line; SPARSECONV_DEBUG=1 shows the traceback
         if os.environ.get("SPARSECONV_DEBUG"):
             raise

@@ -348,3 +348,34 @@ def test_command_early_decode_same_bytes_and_clean_errors(model_file, tiles, tmp
         assert re.search(rf"^sparseconv classify: error: .*{re.escape(name)}: {why}", err), err
         assert sorted(os.listdir(bad)) == ["cut.laz", "junk.laz"]
     assert _stray_codec_processes() == []
+
+
+@pytest.mark.parametrize("sig, rc, said", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")])
+def test_killed_command_leaves_no_temporary_folder(model_file, tiles, tmp_path, sig, rc, said):
+    """A batch scheduler's SIGTERM or a Ctrl-C in the middle of a folder: the command exits with 128 + the signal
+    and one line; the outputs already written are complete, no `.sparseconv-*` folder or codec process is left."""
+    import signal
+    import subprocess
+    import sys
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for i in range(40):
+        os.symlink(tiles[0], folder / f"t{i:02d}.laz")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "sparseconv.cli", "classify", str(folder), "-o", str(out),
+                             "--model", model_file, "--quiet", "--threads", "2", "--tile-size", "24"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(p.name.startswith("t") for p in out.iterdir())) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no output after 120 s"
+        time.sleep(0.01)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == rc, err
+    assert err.strip().splitlines()[-1] == f"sparseconv classify: {said}"
+    done = sorted(out.iterdir())
+    assert 0 < len(done) < 40 and all(p.suffix == ".laz" and not p.name.startswith(".") for p in done), done
+    n = len(laspy.read(tiles[0]).points)
+    assert all(len(laspy.read(p).points) == n for p in done)
+    assert _stray_codec_processes() == []
