@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Averages LiDAR checkpoints of one fine-tuning lineage in weight space (WiSE-FT) into a released model.
 
-    python examples/average_checkpoints.py previous.pt@0.25 run2.pt@0.75 -o sparseconv/models/pretrained/lidar_unet.pt
+    python examples/average_checkpoints.py original.pt@0.15 run3.pt@0.85 -o sparseconv/models/pretrained/lidar_unet.pt
 
 How the shipped model was made (README, Pretrained model): the model shipped before issue 16's fine-tuning
-(`git show 5204baa^:sparseconv/models/pretrained/lidar_unet.pt`) at 0.25 and run 2 of that fine-tuning at 0.75.
+(`git show 5204baa^:sparseconv/models/pretrained/lidar_unet.pt`) at 0.15 and run 3 of that fine-tuning at 0.85.
 Scores: examples/evaluate_generated.py (generated, held out) and examples/evaluate_pretrained.py (real files).
 """
 import argparse

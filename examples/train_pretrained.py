@@ -8,13 +8,14 @@
    with zero weights); the training checkpoint is resumable (run the script again and it continues),
 3. writes the released model (weights in float16, no optimizer state) and its curves PNG.
 
-    python examples/train_pretrained.py --init old.pt --seed 1 --tiles 400 --epochs 14 --lr 1e-3   # README's r3
     python examples/train_pretrained.py --tiles 12 --epochs 2 --work /tmp/pt --out /tmp/pt/model.pt   # smoke
     python examples/train_pretrained.py --init old.pt --features base --seed 2 --tiles 640 --epochs 30 --lr 1e-3
     python examples/train_pretrained.py --init run1.pt --features base --seed 4 --tile-seed 2 --tiles 640 \
-        --epochs 22 --lr 1e-3 --work build/run2          # the shipped model's two runs (README)
-
-The shipped model predates this script's shape features and tiles: it comes from commit 99ca34c's script.
+        --epochs 22 --lr 1e-3 --work build/run2
+    python examples/train_pretrained.py --init run2.pt --features base --seed 5 --tile-seed 7 --tiles 640 \
+        --epochs 14 --lr 1e-3 --work build/run3          # the shipped model's three runs (README), each on the
+                                                          # generator of its commit, then
+    python examples/average_checkpoints.py original.pt@0.15 run3.pt@0.85 -o <shipped model>
 
 Scores on real files: examples/evaluate_pretrained.py.
 """
