@@ -93,11 +93,25 @@ def build_parser(handlers=None, parser_class=argparse.ArgumentParser):
     p.add_argument("--batch-points", type=int, default=300_000,
                    help="points per forward (default 300000); other values move a few labels (float rounding), "
                         "larger ones may run faster on a GPU")
+    p.add_argument("--keep-classes", type=class_list, default=(12,), metavar="CODES",
+                   help="input codes kept as they are, e.g. 12 (default: 12, overlap points, a flight-line "
+                        "designation the model cannot see) or 7,12,18; 'none' relabels every point")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--png", action="store_true", help="also write a top-down PNG coloured by class")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handlers.get("classify"))
     return ap
+
+
+def class_list(text):
+    """'12' / '7,12,18' / 'none' -> a tuple of class codes (range checks: classify_files)."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected class codes such as 12 or 7,12,18, or none; got {text!r}") \
+            from None
 
 
 def classify_inputs(args):

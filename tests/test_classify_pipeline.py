@@ -95,6 +95,37 @@ def test_same_bytes_at_any_thread_count(model, tiles, tmp_path, suffix):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".sparseconv-")]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_overlap_points_keep_their_code(model, model_file, tiles, tmp_path, threads):
+    """Points the input labels 12 (overlap) come out 12 by default, counted so; every other point gets the label
+    it gets when nothing is kept (the network saw them all); keep_classes=() relabels all; codes out of
+    [0, 255] are refused naming the argument."""
+    las = laspy.read(tiles[0])
+    codes = np.asarray(las.classification).copy()
+    over = np.zeros(codes.size, bool)
+    over[::7] = True
+    las.classification = np.where(over, 12, codes).astype(np.uint8)
+    src = tmp_path / "overlap.laz"
+    las.write(src)
+    plain = classify_file(str(src), str(tmp_path / "plain.laz"), *model, threads=threads, keep_classes=(), **SMALL)
+    kept = classify_file(str(src), str(tmp_path / "kept.laz"), *model, threads=threads, **SMALL)
+    a = np.asarray(laspy.read(tmp_path / "plain.laz").classification)
+    b = np.asarray(laspy.read(tmp_path / "kept.laz").classification)
+    assert (b[over] == 12).all() and (a[over] != 12).all()
+    assert np.array_equal(a[~over], b[~over])
+    assert kept["classes"] == {int(c): int(n) for c, n in zip(*np.unique(b, return_counts=True))}
+    assert plain["classes"] == {int(c): int(n) for c, n in zip(*np.unique(a, return_counts=True))}
+    with pytest.raises(ValueError, match=r"keep_classes: expected class codes in \[0, 255\], got \[300\]"):
+        classify_file(str(src), str(tmp_path / "x.laz"), *model, keep_classes=(300,), **SMALL)
+    for i, (flag, n12) in enumerate(((["--keep-classes", "none"], 0), ([], int(over.sum())),
+                                     (["--keep-classes", "7,12"], None))):
+        out = tmp_path / f"cli{i}.laz"
+        assert main(["classify", str(src), "-o", str(out), "--model", model_file, "--quiet", "--threads",
+                     str(threads), *flag]) == 0
+        got = np.asarray(laspy.read(out).classification)
+        assert (got == 12).sum() == (n12 if n12 is not None else over.sum())
+
+
 def test_labels_match_a_plain_write_classified(model, tiles, tmp_path):
     """The encoder's file (raw records + labels) has the bytes write_classified gives for the same labels and
     chunks (laspy refreshes the extra-bytes statistics per written chunk, so the chunking shows in the bytes)."""

@@ -226,13 +226,22 @@ class _File:
         self.spill, self.stats = Spill(self.tmp.name, self.plan, self.has_rgb), FileStats()
         bar, start, pending = _bar(self.n, "read", self.opts["progress"]), 0, deque()
 
+        keep, self.kept = self.opts["keep"], []
+
         def sort_out(points, start):
             pts = record_arrays(points)
-            return pts, self.spill.split(pts, start)
+            kept = None
+            if keep.size:
+                codes = np.asarray(points.classification)
+                rows = np.flatnonzero(np.isin(codes, keep))
+                kept = (rows + start, codes[rows]) if rows.size else None
+            return pts, self.spill.split(pts, start), kept
 
         def store(out):
             self.stats.add(out[0])
             self.spill.append(out[1])
+            if out[2] is not None:
+                self.kept.append(out[2])
             if bar:
                 bar.update(out[0]["x"].size)
 
@@ -328,6 +337,10 @@ class _File:
             finish(running.popleft())
         if bar:
             bar.close()
+        for rows, kept in self.kept:  # codes kept from the input replace the network's
+            counts[:] -= np.bincount(labels[rows], minlength=256)
+            labels[rows] = kept
+            counts[:] += np.bincount(kept, minlength=256)
         labels.flush()  # the encoder reads it
         self.spill.remove()
         self.counts = counts
@@ -372,7 +385,7 @@ class _File:
 
 def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_points=BATCH_POINTS,
                    block_points=2_000_000, chunk_size=1_000_000, progress=True, tmp_dir=None, tile_size=128.0,
-                   threads=None, first=None):
+                   threads=None, first=None, keep_classes=(12,)):
     """Classifies each (src, dst) of jobs (LAS or LAZ by dst's extension; PLY/PCD/XYZ/PTS inputs through Open3D);
     yields (src, dst, result) in order as each output is complete. result: points, seconds per phase, class
     histogram written, parts (how many pieces ran through pass 2: one per block unless points cluster).
@@ -382,10 +395,16 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
     larger one may run faster on a GPU.
     tile_size: inference tiles in metres (None: the training tile). The network is convolutional, so larger
     tiles than in training only add context, and the overlap (config["overlap"] on every side) costs less.
+    keep_classes: input codes written back unchanged (the network still sees those points as context): by
+    default 12, overlap points (LAS formats 0-5), a flight-line designation no point's surroundings reveal; ()
+    relabels every point.
     first: a raw.EarlyDecode of jobs[0] already decoding (`sparseconv classify` starts it before importing torch),
     used with 2+ threads when it is that file's, with the same chunk_size and temporary folder; else ended here.
     A failing file raises after the outputs of the files before it are complete."""
     jobs = list(jobs)
+    keep = np.unique(np.asarray(list(keep_classes), np.int64))
+    if keep.size and (keep.min() < 0 or keep.max() > 255):
+        raise ValueError(f"keep_classes: expected class codes in [0, 255], got {list(keep_classes)}")
     threads = max(1, int(threads or torch.get_num_threads()))
     if first is not None and not (threads > 1 and jobs and not is_open3d_file(jobs[0][0])
                                   and first.matches(*jobs[0], chunk_size, tmp_dir)):
@@ -393,7 +412,7 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
         first = None
     opts = {"overwrite": overwrite, "batch_points": batch_points, "block_points": block_points,
             "chunk_size": chunk_size, "progress": progress, "tmp_dir": tmp_dir, "tile_size": tile_size,
-            "threads": threads}
+            "threads": threads, "keep": keep.astype(np.uint8)}
     model = model.to(device).eval()
     _share_arenas()
     runner = OrderedRunner(*workers_for(threads, device))
