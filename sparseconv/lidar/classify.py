@@ -13,8 +13,7 @@ Per file, three passes, none of which holds the whole file:
 
 LAZ is decoded and encoded here, with lazrs on every thread, while nothing else runs; beside other work it runs
 in a child process (lazrs holds the GIL): over several files (classify_files) the next file is decoded while
-this one's network runs, read and its first part prepared beside this one's last batches (prefetch: a file
-boundary leaves no core idle), and this one is encoded while the next is classified; `sparseconv classify`
+this one's network runs, and this one is encoded while the next is read and classified; `sparseconv classify`
 on 2+ threads starts decoding its first file in a child before it imports torch (first=, sparseconv/_early.py),
 so that decoding overlaps the command's start-up. The labels do not depend on the threads: same bytes out. Peak
 memory is set by the block size (about `block_points` points), the batch and the workers, not by the file.
@@ -185,7 +184,6 @@ class _File:
         self.t0, self.times, self.opts = time.perf_counter(), {}, opts
         self.input = self.src = src
         self.dst, self.children, self.reader, self.writer, self.out_tmp = dst, children, None, None, None
-        self.was_read, self.n_parts, self.part_iter, self.prepped = False, 0, None, None
         if early is not None:
             self.tmp, self.reader, self.decoder = early.take()
         else:
@@ -221,10 +219,9 @@ class _File:
                            f"{h.point_format.id} has none")
         self.plan = BlockPlan(lo, hi, self.n, tile, overlap, self.opts["block_points"])
 
-    def read(self, runner, inline=False):
+    def read(self, runner):
         """Pass 1: the decoded records, chunk by chunk, into statistics and the block spill. A chunk's blocks are
-        sorted out on a worker; statistics and block files take the chunks in file order. inline: all on the
-        calling thread (beside the batches of the file before, which hold the workers)."""
+        sorted out on a worker; statistics and block files take the chunks in file order."""
         t0 = time.perf_counter()
         self.spill, self.stats = Spill(self.tmp.name, self.plan, self.has_rgb), FileStats()
         bar, start, pending = _bar(self.n, "read", self.opts["progress"]), 0, deque()
@@ -250,12 +247,8 @@ class _File:
 
         with open(self._path("points.raw"), "rb") as f:
             for done in self.decoder.counts():  # chunk_size points each (the spill's order depends on it)
-                task = partial(sort_out, read_records(f, self.header, done - start), start)
-                if inline:
-                    store(task())
-                    start = done
-                    continue
-                pending.append(runner.submit(task, store))
+                pending.append(runner.submit(partial(sort_out, read_records(f, self.header, done - start), start),
+                                             store))
                 while len(pending) > max(runner.workers, 1):  # bounded: a chunk in memory per worker
                     pending.popleft().result()
                 start = done
@@ -269,18 +262,6 @@ class _File:
             self.children.give(self.reader)
             self.reader = None
         self.times["read"] = time.perf_counter() - t0
-        self.was_read = True
-
-    def prefetch(self, config):
-        """Pass 1 and the first part of pass 2 on the calling thread, while the file before runs its last
-        batches: at a file boundary the cores stay busy (its result is the same as read() then classify())."""
-        self.read(None, inline=True)
-        t0 = time.perf_counter()
-        self.part_iter = self._parts(self.opts["batch_points"], np.asarray(config["classes"], np.int64),
-                                     list(config["features"]))
-        prepare = next(self.part_iter, None)
-        self.prepped = prepare() if prepare is not None else None
-        self.times["classify ahead"] = time.perf_counter() - t0
 
     def _parts(self, batch_points, codes, names):
         """The spilled blocks as parts in file order: for each, its points loaded and a function preparing it."""
@@ -313,19 +294,18 @@ class _File:
                 rows = rec["row"] if sel is None else rec["row"][sel]
                 yield partial(_Part, sub, rows, part, (bi * k, bj * k, k), plan, batch_points, codes, names)
 
-    def classify(self, runner, model, config, device, children=None, between=None):
+    def classify(self, runner, model, config, device, children=None):
         """Pass 2: labels of every point into labels.npy. Part p + 1 is prepared while p's batches run.
 
         children: where to encode (the next file runs meanwhile), taken now so that its process has started
-        when the labels are ready; None: encoded here, nothing else running. between: called once the last part
-        is submitted, beside its batches (the next file's prefetch)."""
+        when the labels are ready; None: encoded here, nothing else running."""
         t0, o = time.perf_counter(), self.opts
         if children is not None:
             self.children, self.writer = children, children.take()
         names, codes = list(config["features"]), np.asarray(config["classes"], np.int64)
         voxel, lut, rgb_div = float(config["voxel_size"]), self.stats.lut, self.stats.rgb_div
         labels = np.lib.format.open_memmap(self._path("labels.npy"), "w+", np.uint8, (self.n,))
-        counts, running = np.zeros(256, np.int64), deque()
+        counts, running, self.n_parts = np.zeros(256, np.int64), deque(), 0
         bar = _bar(self.n, "classify", o["progress"])
 
         def finish(part):
@@ -334,13 +314,10 @@ class _File:
             if bar:
                 bar.update(out.size)
 
-        parts, self.part_iter = self.part_iter or self._parts(o["batch_points"], codes, names), None
-        first, self.prepped, second = self.prepped, None, None  # first: prepared by prefetch()
+        parts, second = self._parts(o["batch_points"], codes, names), None
         while True:
             with runner.beside():  # preparing the next part, while the batches before it run
-                if first is not None:
-                    part, first = first, None
-                elif second is not None:
+                if second is not None:
                     part, second = second.result(), None
                 else:
                     prepare = next(parts, None)
@@ -356,9 +333,6 @@ class _File:
             if len(running) > 1:
                 finish(running.popleft())
                 _trim()  # the part just finished is gone
-        if between is not None:
-            with runner.beside():
-                between()
         while running:
             finish(running.popleft())
         if bar:
@@ -455,20 +429,10 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
                 cur, ahead = ahead or _File(src, dst, config, opts), None
                 more = i + 1 < len(jobs)  # files after this one
                 try:
-                    if not cur.was_read:
-                        cur.read(runner)
-                    between = None
+                    cur.read(runner)
                     if more:  # the next one decoded in a child while this file's network runs
                         ahead = _ahead(*jobs[i + 1], config, opts, children)
-                        if isinstance(ahead, _File) and runner.workers:  # one thread: one step after another
-                            def between():  # its read and first part beside this file's last batches
-                                nonlocal ahead
-                                try:
-                                    ahead.prefetch(config)
-                                except Exception as e:  # raised at its turn, after this file is complete
-                                    ahead.close()
-                                    ahead = e
-                    cur.classify(runner, model, config, device, children if more else None, between)
+                    cur.classify(runner, model, config, device, children if more else None)
                 except BaseException:
                     cur.close()
                     raise
