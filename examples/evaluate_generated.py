@@ -5,6 +5,7 @@ condition, so that a new model is checked against the old one where the real fil
 * ``multi``: 100 m tiles of every scene at 2-20 pulses/m2, multi-return (the old training distribution);
 * ``single``: the same scenes from a single-return sensor (every point return 1 of 1);
 * ``suburb-single``: suburban tiles at 10 pulses/m2, single return (like the hidden USGS suburban tile);
+* ``suburb-60x40``: the same cut to 60 x 40 m, that tile's size (the ground estimate sees no more around it);
 * ``farm-single``: rural tiles at 0.8 pulses/m2, single return (like the hidden 3DEP farmland);
 * ``no-intensity``: multi-return tiles with the intensity zeroed (a file that has none).
 
@@ -29,6 +30,7 @@ CONDITIONS = {
     "multi": dict(density=(2.0, 20.0)),
     "single": dict(density=(2.0, 20.0), single_return=True),
     "suburb-single": dict(density=(10.0, 10.0), single_return=True, scene="suburban"),
+    "suburb-60x40": dict(density=(10.0, 10.0), single_return=True, scene="suburban", cut=(60.0, 40.0)),
     "farm-single": dict(density=(0.8, 0.8), single_return=True, scene="rural"),
     "no-intensity": dict(density=(2.0, 20.0), no_intensity=True),
 }
@@ -39,6 +41,7 @@ def make(folder, condition, n):
     spec = dict(CONDITIONS[condition])
     lo, hi = spec.pop("density")
     no_int = spec.pop("no_intensity", False)
+    cut = spec.pop("cut", None)
     paths = []
     for i in range(n):
         rng = np.random.default_rng([SEED, i])
@@ -46,6 +49,12 @@ def make(folder, condition, n):
                              **spec)
         if no_int:
             tile["intensity"] = np.zeros_like(tile["intensity"])
+        if cut is not None:  # a window off the tile's centre: buildings and trees cut at its edges, as in a file
+            x, y = tile["x"], tile["y"]
+            x0, y0 = x.min() + 20.0, y.min() + 30.0
+            inside = (x >= x0) & (x < x0 + cut[0]) & (y >= y0) & (y < y0 + cut[1])
+            tile = {k: v[inside] if isinstance(v, np.ndarray) and v.shape[:1] == x.shape else v
+                    for k, v in tile.items()}
         path = os.path.join(folder, f"{condition}_{i}.laz")
         write_tile_las(tile, path)
         paths.append((path, tile["classification"].astype(np.int64)))
