@@ -115,8 +115,10 @@ def test_overlap_points_keep_their_code(model, model_file, tiles, tmp_path, thre
     assert np.array_equal(a[~over], b[~over])
     assert kept["classes"] == {int(c): int(n) for c, n in zip(*np.unique(b, return_counts=True))}
     assert plain["classes"] == {int(c): int(n) for c, n in zip(*np.unique(a, return_counts=True))}
-    with pytest.raises(ValueError, match=r"keep_classes: expected class codes in \[0, 255\], got \[300\]"):
-        classify_file(str(src), str(tmp_path / "x.laz"), *model, keep_classes=(300,), **SMALL)
+    for bad in ((300,), "12", (12.5,), (-1,)):
+        with pytest.raises(ValueError, match=r"keep_classes: expected class codes in \[0, 255\], got "):
+            classify_file(str(src), str(tmp_path / "x.laz"), *model, keep_classes=bad, **SMALL)
+    assert not (tmp_path / "x.laz").exists()
     for i, (flag, n12) in enumerate(((["--keep-classes", "none"], 0), ([], int(over.sum())),
                                      (["--keep-classes", "7,12"], None))):
         out = tmp_path / f"cli{i}.laz"

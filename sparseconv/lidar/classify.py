@@ -402,9 +402,10 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
     used with 2+ threads when it is that file's, with the same chunk_size and temporary folder; else ended here.
     A failing file raises after the outputs of the files before it are complete."""
     jobs = list(jobs)
+    if isinstance(keep_classes, (str, bytes)) or not all(isinstance(c, (int, np.integer)) and 0 <= c <= 255
+                                                         for c in keep_classes):
+        raise ValueError(f"keep_classes: expected class codes in [0, 255], got {keep_classes!r}")
     keep = np.unique(np.asarray(list(keep_classes), np.int64))
-    if keep.size and (keep.min() < 0 or keep.max() > 255):
-        raise ValueError(f"keep_classes: expected class codes in [0, 255], got {list(keep_classes)}")
     threads = max(1, int(threads or torch.get_num_threads()))
     if first is not None and not (threads > 1 and jobs and not is_open3d_file(jobs[0][0])
                                   and first.matches(*jobs[0], chunk_size, tmp_dir)):
