@@ -4,7 +4,7 @@ got right on data unlike both. Only checkpoints of one fine-tuning lineage (same
 into a working model; the result is written like `release` writes one (float16 weights, no training state)."""
 import torch
 
-from .model import FORMAT, load_checkpoint, save_checkpoint
+from .model import FORMAT, load_checkpoint, released_state, save_checkpoint
 
 
 def average_checkpoints(paths, weights, out, half=True):
@@ -23,16 +23,11 @@ def average_checkpoints(paths, weights, out, half=True):
         if c["config"] != config:
             raise ValueError(f"paths: {p} has config {c['config']}, expected {config} (that of {paths[0]})")
     total = sum(weights)
-    state = {}
-    for k, v in ckpts[-1]["model"].items():
-        if v.is_floating_point():
-            avg = sum(w * c["model"][k].double() for w, c in zip(weights, ckpts)) / total
-            state[k] = avg.half() if half and v.numel() >= 1024 else avg.float()
-        else:
-            state[k] = v
+    state = {k: (sum(w * c["model"][k].double() for w, c in zip(weights, ckpts)) / total).float()
+             if v.is_floating_point() else v for k, v in ckpts[-1]["model"].items()}
     # why this model is what it is: the ingredients and their weights, then the last one's training history
     recipe = [{"checkpoint": str(p), "weight": w / total} for p, w in zip(paths, weights)]
-    ckpt = {"format": FORMAT, "config": config, "model": state, "averaged_from": recipe,
+    ckpt = {"format": FORMAT, "config": config, "model": released_state(state, half), "averaged_from": recipe,
             "history": ckpts[-1].get("history", [])}
     save_checkpoint(ckpt, out)
     return ckpt

@@ -52,6 +52,12 @@ def build_model(config):
                        config["hidden"])
 
 
+def released_state(state, half=True):
+    """A state dict as a released model stores it: weight tensors (1024+ values) in float16 when half (half the
+    file; loading casts them back to float32), small buffers and integer ones kept as they are."""
+    return {k: v.half() if half and v.is_floating_point() and v.numel() >= 1024 else v for k, v in state.items()}
+
+
 def save_checkpoint(state, path):
     """torch.save to a temporary file beside path, then rename: an interrupted save keeps the old file."""
     folder = os.path.dirname(os.path.abspath(path))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .. import distributed as sd
 from ..metrics import confusion_matrix, scores
 from .features import feature_names, height_above_ground
-from .model import FORMAT, build_model, load_checkpoint, save_checkpoint
+from .model import FORMAT, build_model, load_checkpoint, released_state, save_checkpoint
 from .source import read_points
 from .windows import grid_shape, make_batch, split_by_id, window_members
 
@@ -430,7 +430,6 @@ def release(checkpoint, out, half=True):
     """Writes a checkpoint without training state (what ships as a pretrained model); half: weight tensors
     stored as float16 (half the file; loading casts them back to float32), small buffers kept as they are."""
     _, config, ckpt = load_checkpoint(checkpoint)
-    state = {k: v.half() if half and v.is_floating_point() and v.numel() >= 1024 else v
-             for k, v in ckpt["model"].items()}
+    state = released_state(ckpt["model"], half)
     save_checkpoint({"format": FORMAT, "config": config, "model": state,
                      "history": ckpt.get("history", [])}, out)
