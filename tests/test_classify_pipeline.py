@@ -174,6 +174,32 @@ def test_a_bad_file_among_several_keeps_the_ones_before(model, tiles, tmp_path):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+def test_interrupt_while_encoding_leaves_only_complete_outputs(model, tiles, tmp_path, monkeypatch, threads):
+    """Ctrl-C lands while the second file's output is being encoded (on this thread or a child's start): the
+    first output is complete and the second's temporary file is removed (a CI run once found one left)."""
+    import sparseconv.lidar.classify as classify_module
+
+    real, calls = classify_module.Encoder, []
+
+    def encoder(*args, **kwargs):
+        calls.append(args[3])
+        if len(calls) == 2:
+            assert os.path.exists(args[3])  # the temporary output exists when the interrupt comes
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(classify_module, "Encoder", encoder)
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs = [(str(p), str(out / f"{i}.laz")) for i, p in enumerate(tiles[:3])]
+    with pytest.raises(KeyboardInterrupt):
+        for _ in classify_files(jobs, *model, threads=threads, **SMALL):
+            pass
+    assert sorted(os.listdir(out)) == ["0.laz"] and _codec_children() == []
+    assert laspy.open(out / "0.laz").header.point_count == laspy.open(tiles[0]).header.point_count
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 def test_truncated_input_one_line_error_nothing_written(model, tiles, tmp_path, threads):
     bad = tmp_path / "cut.laz"
     bad.write_bytes(Path(tiles[0]).read_bytes()[:30_000])

@@ -5,7 +5,7 @@ of the input: only `classification` changes. The output is written to a temporar
 renamed when complete; an existing output is kept unless overwrite=True; the input is never opened for writing.
 """
 import os
-import tempfile
+import secrets
 
 import numpy as np
 
@@ -124,6 +124,7 @@ def write_classified(src, dst, classify, overwrite=False, chunk_size=DEFAULT_CHU
     tmp = temporary_output(dst)
     counts = np.zeros(256, np.int64)
     try:
+        claim(tmp)
         with _open(src) as reader:
             max_code = max_class_code(reader.header.point_format.id)
             with laspy.open(tmp, mode="w", header=reader.header, do_compress=compress) as writer:
@@ -150,8 +151,13 @@ def max_class_code(point_format_id):
 
 
 def temporary_output(dst):
-    """A new empty file beside dst with its suffix: written, then renamed to dst, an output appears only complete."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=".sparseconv-",
-                               suffix=".laz" if dst.lower().endswith(".laz") else ".las")
-    os.close(fd)
-    return tmp
+    """A fresh name beside dst with its suffix, not yet created: written, then renamed to dst, an output appears
+    only complete. The caller stores the name, then creates it with claim(): a signal between the two leaves
+    nothing behind that its cleanup does not know of."""
+    return os.path.join(os.path.dirname(os.path.abspath(dst)),
+                        f".sparseconv-{secrets.token_hex(6)}{'.laz' if dst.lower().endswith('.laz') else '.las'}")
+
+
+def claim(tmp):
+    """Creates tmp, failing if it exists (another writer's name)."""
+    open(tmp, "xb").close()

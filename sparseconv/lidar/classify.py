@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..io import LasError, is_open3d_file, open3d_to_las
-from ..io.las import _open, max_class_code, temporary_output
+from ..io.las import _open, claim, max_class_code, temporary_output
 from ..io.raw import Children, Decoder, Encoder, read_records
 from .decide import decide
 from .features import height_above_ground, shape_features
@@ -354,6 +354,7 @@ class _File:
     def start_write(self):
         """Pass 3 begins: the classified copy is encoded into a temporary file beside dst."""
         self.out_tmp = temporary_output(self.dst)
+        claim(self.out_tmp)
         self.encoder = Encoder(self.src, self._path("points.raw"), self._path("labels.npy"), self.out_tmp,
                                self.opts["chunk_size"], self.writer, parallel=self.opts["threads"] > 1)
 
@@ -444,8 +445,8 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
                 raise
             if writing is not None:
                 yield writing.finish()
+            writing = cur  # before start_write: an interrupt while it encodes here still removes its output
             cur.start_write()
-            writing = cur
         if writing is not None:
             yield writing.finish()
             writing = None
