@@ -129,13 +129,15 @@ def test_vegetation_heights(full_tile):
 
 
 def test_crop_returns_are_not_ground():
-    """Stubble and young crops (3DEP farmland: 3-27 cm, unclassified there): returns off the plants are low
-    vegetation even within 0.1 m of the soil, and darker than the ground (a porous return shares the pulse)."""
+    """Stubble and young crops (3DEP farmland: 3-27 cm above the ground, unclassified there): returns off the
+    plants are low vegetation even within 0.1 m of the soil. Within the pulse's resolution the plants' echo and
+    the soil's merge into one return: a few cm up, somewhat darker than bare soil, not a dark layer apart."""
     tile = generate_tile(2, size_m=100.0, density=6.0, scene="rural", return_hag=True)
     c, hag, it = tile["classification"], tile["height_above_ground"], tile["intensity"]
-    crop = (c == 3) & (hag < 0.1)
-    assert crop.sum() > 500
-    assert np.median(it[crop]) < 0.5 * np.median(it[c == 2])
+    crop = (c == 3) & (hag < 0.3)
+    assert (crop & (hag < 0.1)).sum() > 500
+    assert 0.5 < np.median(it[crop]) / np.median(it[c == 2]) < 0.95
+    assert np.median(hag[crop]) < 0.08  # the echoes merged, near the soil (the plants' tops reach up to 0.3 m)
     assert np.percentile(np.abs(hag[c == 2]), 99) < 0.2  # and the ground is still only the soil
 
 

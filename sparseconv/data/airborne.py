@@ -1489,6 +1489,31 @@ def _simulate_returns(rng, P, t_solid, porous, wires, dead_zone, p_stop):
     return cols[0].astype(np.int64), cols[1], cols[2].astype(np.int64), cols[3], cols[4]
 
 
+def _merge_low_echoes(rp, rs, typ, refl, share, t_solid, on_obj, O, d, sc, merge_m):
+    """A porous echo less than merge_m (range) before the terrain behind it (stubble, grass, a young crop) is not
+    resolved from the soil's: the sensor records one return between the two, weighted by their echo energies, as
+    bright as both together. Hence real farmland's crop points a few cm above the ground and about as bright as
+    the soil, not a dark layer apart from it. Returns (range, reflectance, energy share) with those merged."""
+    m = (typ == 1) & ~on_obj[rp] & (t_solid[rp] - rs < merge_m)
+    if not m.any():
+        return rs, refl, share
+    o = np.lexsort((rs, rp))  # the pulse's returns in range order: energy left when each came
+    so = share[o]
+    cs = np.cumsum(so)
+    first = np.r_[True, rp[o][1:] != rp[o][:-1]]
+    before = np.empty_like(share)
+    before[o] = cs - so - np.maximum.accumulate(np.where(first, cs - so, 0.0))
+    i = np.flatnonzero(m)
+    rest = np.clip(1.0 - before[i] - share[i], 0.0, None)  # what passes the plants reaches the soil
+    hit = O[rp[i]] + t_solid[rp[i], None] * d[rp[i]]
+    w_c, w_s = share[i] * refl[i], rest * sc.dem.nearest(sc.refl, hit[:, 0], hit[:, 1])
+    rs, refl, share = rs.copy(), refl.copy(), share.copy()
+    rs[i] = (w_c * rs[i] + w_s * t_solid[rp[i]]) / np.maximum(w_c + w_s, 1e-12)
+    share[i] = share[i] + rest
+    refl[i] = (w_c + w_s) / np.maximum(share[i], 1e-12)
+    return rs, refl, share
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Public API
 # ------------------------------------------------------------------------------------------------------------
@@ -1561,6 +1586,8 @@ def generate_tile(seed: int, size_m=100.0, density=8.0, *, scene=None, water=Non
     dead_zone = r_ret.uniform(0.8, 1.6)
     p_stop = r_ret.uniform(0.15, 0.35)  # a porous return takes the whole pulse
     rp, rs, rtyp, rrefl, rshare = _simulate_returns(r_ret, P, t_solid, porous, wires, dead_zone, p_stop)
+    rs, rrefl, rshare = _merge_low_echoes(rp, rs, rtyp, rrefl, rshare, t_solid, on_obj, O, d, sc,
+                                          r_extra.uniform(0.3, 0.6))
 
     # --- positions, materials ------------------------------------------------------------------------------
     sigma = r_ret.uniform(0.015, 0.035)
