@@ -86,8 +86,12 @@ def test_train_two_processes_match_one(tiles, tmp_path):
     for name, value in expected.items():
         assert torch.equal(ranks[0]["state"][name], ranks[1]["state"][name]), name  # replicas identical
         assert torch.equal(ranks[0]["state"][name], ckpt["model"][name]), name  # what rank 0 wrote
-        # Same windows, same global loss; only the order of float sums differs (AdamW: ~lr per step at most).
-        torch.testing.assert_close(ranks[0]["state"][name], value, rtol=1e-4, atol=1e-4, msg=name)
+        # Same windows, same global loss; only the order of float sums differs. AdamW normalises each element's
+        # step to about lr, so where a gradient is near zero that order can move an element by up to ~lr a step
+        # (a CI run saw 8 of 4,320 weights off by 2.4e-4); a wrong reduction moves most of them.
+        d = (ranks[0]["state"][name].double() - value.double()).abs()
+        assert d.numel() == 0 or float(d.max()) <= 2 * TRAIN_ARGS["lr"] + 1e-6, (name, float(d.max()))
+        assert int((d > 1e-4).sum()) <= max(2, d.numel() // 100), (name, int((d > 1e-4).sum()), d.numel())
     # Metrics are summed over ranks: the same point counts and confusion as the single process.
     for split in ("train", "val"):
         a, b = ranks[0]["history"][0][split], history[0][split]
