@@ -8,7 +8,6 @@ training split only).
 """
 import argparse
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 import sparseconv
 from sparseconv.data.shapes import CLASS_NAMES, make_split, voxelize_cloud
+from sparseconv.io.atomic import atomic_output
 from sparseconv.models import VoxelClassifier
 
 
@@ -74,14 +74,8 @@ def save_curves(history, path):
 
 def _atomic(path, write):
     """Write through a temporary file in the same folder, then rename: no half-written outputs."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv=None):

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .determinism import batch_norm
+from .io.atomic import atomic_output
 
 
 def is_initialized():
@@ -147,9 +148,8 @@ def save_on_main(obj, path):
     """torch.save on rank 0 only (to a temporary name, then renamed, so a reader never sees half a file);
     every rank waits until it is written."""
     if is_main():
-        tmp = f"{path}.tmp"
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            torch.save(obj, tmp)
     if is_initialized():
         dist.barrier()
 

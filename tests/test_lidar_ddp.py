@@ -73,7 +73,7 @@ def test_train_two_processes_match_one(tiles, tmp_path):
     _join(ctx, 240)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     ckpt = torch.load(tmp_path / "ddp.pt", weights_only=True)
-    assert not [f for f in os.listdir(tmp_path) if f.startswith("ddp") and f.endswith(".tmp")]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".sparseconv-")]  # written whole, then renamed
 
     torch.set_num_threads(1)
     try:

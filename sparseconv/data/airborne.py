@@ -47,9 +47,10 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
 import numpy as np
+
+from ..io.atomic import atomic_output
 
 __all__ = [
     "CLASSES",
@@ -1760,16 +1761,9 @@ def write_tile_las(tile: dict, path, point_format=6):
     for k in ("point_source_id", "scan_direction_flag", "edge_of_flight_line"):
         if k in tile:
             las[k] = np.asarray(tile[k])
-    folder = os.path.dirname(os.path.abspath(path))
     compress = path.lower().endswith(".laz")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".airborne-", suffix=".laz" if compress else ".las")
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".laz" if compress else ".las") as tmp:
         las.write(tmp, do_compress=compress)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -5,9 +5,13 @@ of the input: only `classification` changes. The output is written to a temporar
 renamed when complete; an existing output is kept unless overwrite=True; the input is never opened for writing.
 """
 import os
-import secrets
 
 import numpy as np
+
+try:
+    from .atomic import atomic_output, temporary_name
+except ImportError:  # imported by raw.py run by path (the codec child): atomic.py lies beside this file
+    from atomic import atomic_output, temporary_name
 
 DEFAULT_CHUNK = 1_000_000
 
@@ -121,27 +125,20 @@ def write_classified(src, dst, classify, overwrite=False, chunk_size=DEFAULT_CHU
     if not os.path.isdir(folder):
         raise LasError(f"{dst}: folder {folder} does not exist")
     compress = dst.lower().endswith(".laz")
-    tmp = temporary_output(dst)
     counts = np.zeros(256, np.int64)
-    try:
-        claim(tmp)
-        with _open(src) as reader:
-            max_code = max_class_code(reader.header.point_format.id)
-            with laspy.open(tmp, mode="w", header=reader.header, do_compress=compress) as writer:
-                for points in read_chunks(src, chunk_size):
-                    codes = np.asarray(classify(points))
-                    if codes.shape != (len(points),):
-                        raise LasError(f"{src}: the classifier returned {codes.shape} codes for {len(points)} points")
-                    if codes.size and (codes.min() < 0 or codes.max() > max_code):
-                        raise LasError(f"{dst}: class codes must lie in [0, {max_code}] for point format "
-                                       f"{reader.header.point_format.id}, got [{codes.min()}, {codes.max()}]")
-                    points.classification = codes.astype(np.uint8)
-                    counts += np.bincount(codes.astype(np.int64), minlength=256)
-                    writer.write_points(points)
-        os.replace(tmp, dst_abs)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(dst, suffix=_las_suffix(dst)) as tmp, _open(src) as reader:
+        max_code = max_class_code(reader.header.point_format.id)
+        with laspy.open(tmp, mode="w", header=reader.header, do_compress=compress) as writer:
+            for points in read_chunks(src, chunk_size):
+                codes = np.asarray(classify(points))
+                if codes.shape != (len(points),):
+                    raise LasError(f"{src}: the classifier returned {codes.shape} codes for {len(points)} points")
+                if codes.size and (codes.min() < 0 or codes.max() > max_code):
+                    raise LasError(f"{dst}: class codes must lie in [0, {max_code}] for point format "
+                                   f"{reader.header.point_format.id}, got [{codes.min()}, {codes.max()}]")
+                points.classification = codes.astype(np.uint8)
+                counts += np.bincount(codes.astype(np.int64), minlength=256)
+                writer.write_points(points)
     return {int(c): int(n) for c, n in enumerate(counts) if n}
 
 
@@ -150,14 +147,11 @@ def max_class_code(point_format_id):
     return 255 if point_format_id >= 6 else 31
 
 
+def _las_suffix(dst):
+    return ".laz" if dst.lower().endswith(".laz") else ".las"
+
+
 def temporary_output(dst):
-    """A fresh name beside dst with its suffix, not yet created: written, then renamed to dst, an output appears
-    only complete. The caller stores the name, then creates it with claim(): a signal between the two leaves
-    nothing behind that its cleanup does not know of."""
-    return os.path.join(os.path.dirname(os.path.abspath(dst)),
-                        f".sparseconv-{secrets.token_hex(6)}{'.laz' if dst.lower().endswith('.laz') else '.las'}")
-
-
-def claim(tmp):
-    """Creates tmp, failing if it exists (another writer's name)."""
-    open(tmp, "xb").close()
+    """The temporary name of a LAS/LAZ output written outside a with-block (classify: encoded by a child, renamed
+    later); see io.atomic."""
+    return temporary_name(dst, _las_suffix(dst))

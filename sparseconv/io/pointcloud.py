@@ -5,10 +5,10 @@ These formats carry no LAS attributes: the LAS copy gets intensity 0, one return
 cloud has colours; classification starts at 0 (never classified).
 """
 import os
-import tempfile
 
 import numpy as np
 
+from .atomic import atomic_output
 from .las import LasError
 
 OPEN3D_SUFFIXES = (".ply", ".pcd", ".xyz", ".xyzn", ".xyzrgb", ".pts")
@@ -50,13 +50,6 @@ def open3d_to_las(path, las_path, scale=0.001):
     if rgb is not None:
         c = np.clip(np.round(rgb * 65535), 0, 65535).astype(np.uint16)
         las.red, las.green, las.blue = c[:, 0], c[:, 1], c[:, 2]
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(las_path)), prefix=".sparseconv-",
-                               suffix=".las")
-    os.close(fd)
-    try:
+    with atomic_output(las_path, suffix=".las") as tmp:
         las.write(tmp)
-        os.replace(tmp, las_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return las_path

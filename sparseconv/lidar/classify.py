@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from ..io import LasError, is_open3d_file, open3d_to_las
-from ..io.las import _open, claim, max_class_code, temporary_output
+from ..io.atomic import claim
+from ..io.las import _open, max_class_code, temporary_output
 from ..io.raw import Children, Decoder, Encoder, read_records
 from .decide import decide
 from .features import height_above_ground, shape_features

@@ -1,8 +1,7 @@
 """PNG pictures of training curves and classified tiles (written atomically)."""
-import os
-import tempfile
-
 import numpy as np
+
+from ..io.atomic import atomic_output
 
 # ASPRS class colours for top-down views (unknown codes grey).
 COLOURS = {1: "#9e9e9e", 2: "#a0522d", 3: "#b5e61d", 4: "#4caf50", 5: "#1b5e20", 6: "#e53935", 7: "#ff00ff",
@@ -22,16 +21,11 @@ def _plt():
 
 def _save(fig, path):
     plt = _plt()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sparseconv-", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_output(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def plot_confusion(cm, classes, path):

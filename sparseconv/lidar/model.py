@@ -6,11 +6,11 @@ state dict, which carries the feature normalisation of the training split). Trai
 ``optimizer``, ``scheduler``, ``epoch``, ``history`` and ``rng`` so that a run resumes where it stopped.
 """
 import os
-import tempfile
 
 import torch
 from torch import nn
 
+from ..io.atomic import atomic_output
 from ..models.normalize import FeatureNorm
 from ..models.unet import SparseUNet
 from ..tensor import SparseTensor
@@ -60,15 +60,8 @@ def released_state(state, half=True):
 
 def save_checkpoint(state, path):
     """torch.save to a temporary file beside path, then rename: an interrupted save keeps the old file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sparseconv-", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_checkpoint(path=None):
