@@ -66,3 +66,30 @@ def test_configs_must_match_and_nothing_is_written(tmp_path):
     assert not out.exists()
     with pytest.raises(ValueError, match="paths: expected at least 2"):
         average_checkpoints([a], [1], str(out))
+
+
+def test_a_model_with_added_features_averages_with_the_one_it_started_from(tmp_path):
+    """A fine-tune that added input features (zero weights at first) averages with its initial model: that one is
+    re-laid for the new features (train.expand_inputs: computes exactly what it did) before the mean."""
+    from sparseconv.lidar.train import expand_inputs
+
+    wide = dict(CONFIG, features=["hag", "dz", "intensity"])
+    a, sa = _ckpt(tmp_path, "a.pt", 0)
+    b, sb = _ckpt(tmp_path, "b.pt", 1, wide)
+    out = str(tmp_path / "avg.pt")
+    average_checkpoints([a, b], [1, 0], out, half=False)
+    _, config, loaded = load_checkpoint(out)
+    assert config == wide
+    expanded = expand_inputs(sb, sa, CONFIG["features"], wide["features"])
+    for k, v in expanded.items():
+        assert torch.equal(loaded["model"][k].float(), v.float()) if v.is_floating_point() else True, k
+    assert not loaded["model"]["unet.stem.0.weight"][..., 1, :].any()  # `dz` starts with no weight
+    average_checkpoints([a, b], [0, 1], out, half=False)
+    for k, v in sb.items():
+        if v.is_floating_point():
+            assert torch.allclose(load_checkpoint(out)[2]["model"][k].float(), v), k
+    other = dict(CONFIG, features=["hag", "first"])  # not a subset of the widest list: refused
+    c, _ = _ckpt(tmp_path, "c.pt", 2, other)
+    with pytest.raises(ValueError, match="only features it lacks may differ"):
+        average_checkpoints([c, b], [1, 1], str(tmp_path / "bad.pt"))
+    assert not (tmp_path / "bad.pt").exists()

@@ -5,6 +5,7 @@ into a working model; the result is written like `release` writes one (float16 w
 import torch
 
 from .model import FORMAT, load_checkpoint, released_state, save_checkpoint
+from .train import expand_inputs
 
 
 def average_checkpoints(paths, weights, out, half=True):
@@ -18,13 +19,22 @@ def average_checkpoints(paths, weights, out, half=True):
     if any(not w >= 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"weights: expected non-negative numbers with a positive sum, got {weights}")
     ckpts = [load_checkpoint(p)[2] for p in paths]
-    config = ckpts[0]["config"]
-    for p, c in zip(paths[1:], ckpts[1:]):
-        if c["config"] != config:
-            raise ValueError(f"paths: {p} has config {c['config']}, expected {config} (that of {paths[0]})")
+    # the widest input list; a model fine-tuned with features added (zero weights at first) averages with the one
+    # it started from once that one is re-laid for them (train.expand_inputs: it computes exactly what it did)
+    widest = max(range(len(ckpts)), key=lambda i: len(ckpts[i]["config"]["features"]))
+    config = ckpts[widest]["config"]
+    names = list(config["features"])
+    states = []
+    for p, c in zip(paths, ckpts):
+        own = list(c["config"]["features"])
+        if {**c["config"], "features": names} != config or not set(own) <= set(names):
+            raise ValueError(f"paths: {p} has config {c['config']}, expected {config} (that of {paths[widest]}; "
+                             f"only features it lacks may differ)")
+        state = {k: v.float() if v.is_floating_point() else v for k, v in c["model"].items()}
+        states.append(state if own == names else expand_inputs(ckpts[widest]["model"], state, own, names))
     total = sum(weights)
-    state = {k: (sum(w * c["model"][k].double() for w, c in zip(weights, ckpts)) / total).float()
-             if v.is_floating_point() else v for k, v in ckpts[-1]["model"].items()}
+    state = {k: (sum(w * s[k].double() for w, s in zip(weights, states)) / total).float()
+             if v.is_floating_point() else v for k, v in states[-1].items()}
     # why this model is what it is: the ingredients and their weights, then the last one's training history
     recipe = [{"checkpoint": str(p), "weight": w / total} for p, w in zip(paths, weights)]
     ckpt = {"format": FORMAT, "config": config, "model": released_state(state, half), "averaged_from": recipe,
