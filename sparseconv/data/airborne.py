@@ -1762,7 +1762,7 @@ def write_tile_las(tile: dict, path, point_format=6):
         if k in tile:
             las[k] = np.asarray(tile[k])
     compress = path.lower().endswith(".laz")
-    with atomic_output(path, suffix=".laz" if compress else ".las") as tmp:
+    with atomic_output(path) as tmp:
         las.write(tmp, do_compress=compress)
     return path
 

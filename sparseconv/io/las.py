@@ -9,9 +9,9 @@ import os
 import numpy as np
 
 try:
-    from .atomic import atomic_output, temporary_name
+    from .atomic import atomic_output
 except ImportError:  # imported by raw.py run by path (the codec child): atomic.py lies beside this file
-    from atomic import atomic_output, temporary_name
+    from atomic import atomic_output
 
 DEFAULT_CHUNK = 1_000_000
 
@@ -126,7 +126,7 @@ def write_classified(src, dst, classify, overwrite=False, chunk_size=DEFAULT_CHU
         raise LasError(f"{dst}: folder {folder} does not exist")
     compress = dst.lower().endswith(".laz")
     counts = np.zeros(256, np.int64)
-    with atomic_output(dst, suffix=_las_suffix(dst)) as tmp, _open(src) as reader:
+    with atomic_output(dst) as tmp, _open(src) as reader:
         max_code = max_class_code(reader.header.point_format.id)
         with laspy.open(tmp, mode="w", header=reader.header, do_compress=compress) as writer:
             for points in read_chunks(src, chunk_size):
@@ -145,13 +145,3 @@ def write_classified(src, dst, classify, overwrite=False, chunk_size=DEFAULT_CHU
 def max_class_code(point_format_id):
     """Largest classification a point format stores: 5 bits before LAS 1.4's formats 6-10, 8 bits from them."""
     return 255 if point_format_id >= 6 else 31
-
-
-def _las_suffix(dst):
-    return ".laz" if dst.lower().endswith(".laz") else ".las"
-
-
-def temporary_output(dst):
-    """The temporary name of a LAS/LAZ output written outside a with-block (classify: encoded by a child, renamed
-    later); see io.atomic."""
-    return temporary_name(dst, _las_suffix(dst))

@@ -50,6 +50,6 @@ def open3d_to_las(path, las_path, scale=0.001):
     if rgb is not None:
         c = np.clip(np.round(rgb * 65535), 0, 65535).astype(np.uint16)
         las.red, las.green, las.blue = c[:, 0], c[:, 1], c[:, 2]
-    with atomic_output(las_path, suffix=".las") as tmp:
+    with atomic_output(las_path) as tmp:
         las.write(tmp)
     return las_path

@@ -2,8 +2,6 @@
 with the model it was fine-tuned from keeps most of the gain on the new data and loses less of what the old one
 got right on data unlike both. Only checkpoints of one fine-tuning lineage (same config, one loss basin) average
 into a working model; the result is written like `release` writes one (float16 weights, no training state)."""
-import torch
-
 from .model import FORMAT, load_checkpoint, released_state, save_checkpoint
 from .train import expand_inputs
 

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from ..io import LasError, is_open3d_file, open3d_to_las
-from ..io.atomic import claim
-from ..io.las import _open, max_class_code, temporary_output
+from ..io.atomic import claim, temporary_name
+from ..io.las import _open, max_class_code
 from ..io.raw import Children, Decoder, Encoder, read_records
 from .decide import decide
 from .features import height_above_ground, shape_features
@@ -354,7 +354,7 @@ class _File:
 
     def start_write(self):
         """Pass 3 begins: the classified copy is encoded into a temporary file beside dst."""
-        self.out_tmp = temporary_output(self.dst)
+        self.out_tmp = temporary_name(self.dst)  # stored before claim() creates it: close() removes it
         claim(self.out_tmp)
         self.encoder = Encoder(self.src, self._path("points.raw"), self._path("labels.npy"), self.out_tmp,
                                self.opts["chunk_size"], self.writer, parallel=self.opts["threads"] > 1)

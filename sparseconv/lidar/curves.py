@@ -22,7 +22,7 @@ def _plt():
 def _save(fig, path):
     plt = _plt()
     try:
-        with atomic_output(path, suffix=".png") as tmp:
+        with atomic_output(path) as tmp:
             fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
