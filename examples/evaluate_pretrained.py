@@ -10,6 +10,10 @@ For every file: the model classifies it (sparseconv.lidar.classify_file, as `spa
 Prints markdown tables and writes a confusion PNG per file into --out-dir, plus confusion_all.png: every file's
 ground / non-ground confusion for the model and for CSF side by side, and its class confusion.
 
+--single-return also scores, for every multi-return file, a copy that a single-return sensor could have recorded:
+its first returns only, each marked return 1 of 1 (issue 16's suburban tile came from such a sensor, and a
+generated single-return tile is only as good a check as the generator's canopies).
+
     pip install cloth-simulation-filter        # the classical baseline (optional: skipped when missing)
     python examples/evaluate_pretrained.py     # files from ../shared/data/las
 """
@@ -100,6 +104,22 @@ def csf_tiles(xyz, resolution, tile, overlap, CSF):
     return mask
 
 
+def single_return_copy(path, out):
+    """Write path's first returns, each marked 1 of 1, to out; False (nothing written) for a single-return file."""
+    import laspy
+
+    las = laspy.read(path)
+    first = np.asarray(las.return_number) <= 1
+    if int(np.asarray(las.number_of_returns).max(initial=1)) <= 1:
+        return False
+    copy = laspy.LasData(las.header)
+    copy.points = las.points[first]
+    copy.return_number = np.ones(int(first.sum()), np.uint8)
+    copy.number_of_returns = np.ones(int(first.sum()), np.uint8)
+    copy.write(out)
+    return True
+
+
 def ground_scores(ref, is_ground):
     keep = ~np.isin(ref, NOISE)
     cm = confusion_matrix((ref[keep] == 2).astype(np.int64), is_ground[keep].astype(np.int64), [0, 1])
@@ -143,12 +163,25 @@ def main():
     ap.add_argument("files", nargs="*", help="labelled LAS/LAZ (default: ../shared/data/las/*.la[sz])")
     ap.add_argument("--model", help="checkpoint (default: the shipped pretrained model)")
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results", "pretrained"))
+    ap.add_argument("--single-return", action="store_true",
+                    help="also score each multi-return file's first returns, marked 1 of 1")
     args = ap.parse_args()
     files = args.files or sorted(glob.glob(os.path.join(ROOT, "..", "shared", "data", "las", "*.la[sz]")))
     if not files:
         raise SystemExit("no labelled files: pass some, or put ../shared/data/las beside the project")
     os.makedirs(args.out_dir, exist_ok=True)
     model, config, _ = load_checkpoint(args.model)
+    with tempfile.TemporaryDirectory() as copies:
+        sources = []
+        for path in files:
+            sources.append(path)
+            single = os.path.join(copies, os.path.splitext(os.path.basename(path))[0] + "-single-return.laz")
+            if args.single_return and single_return_copy(path, single):
+                sources.append(single)
+        evaluate(sources, model, config, args.out_dir)
+
+
+def evaluate(files, model, config, out_dir):
     ground_rows, class_rows, panels = [], [], []
     for path in files:
         name = os.path.basename(path)
@@ -185,7 +218,7 @@ def main():
             s = scores(cm)
             class_rows.append((name, int(known.sum()), s["overall_accuracy"], s["kappa"],
                                ", ".join(f"{c}: {iou:.2f}" for c, iou in zip(classes, s["iou"]))))
-            png = os.path.join(args.out_dir, os.path.splitext(name)[0] + "_confusion.png")
+            png = os.path.join(out_dir, os.path.splitext(name)[0] + "_confusion.png")
             plot_confusion(cm, classes, png)
             panels[-1].append((f"{name}: model, classes (3/4/5 -> 5)", cm, [str(c) for c in classes]))
     print("\nGround / non-ground (reference code 2 vs the rest; noise left out)\n")
@@ -202,8 +235,8 @@ def main():
         print("|---|---|---|---|---|")
         for name, n, oa, kappa, ious in class_rows:
             print(f"| {name} | {n:,} | {oa:.3f} | {kappa:.3f} | {ious} |")
-    plot_panels(panels, os.path.join(args.out_dir, "confusion_all.png"))
-    print(f"\nconfusion PNGs in {args.out_dir} (all files: confusion_all.png)")
+    plot_panels(panels, os.path.join(out_dir, "confusion_all.png"))
+    print(f"\nconfusion PNGs in {out_dir} (all files: confusion_all.png)")
 
 
 if __name__ == "__main__":

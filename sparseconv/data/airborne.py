@@ -11,7 +11,10 @@ Scene (per tile, drawn from one of four settings: ``rural``, ``suburban``, ``urb
 * buildings: one or two wings (rectangles, L-shapes) with a flat roof (parapets, rooftop boxes), or a
   gable, hip or shed roof (chimneys; shed or gabled dormers on a third of pitched house roofs), lower annexes;
   3-30 m high, aligned with the nearest road;
-* trees without trunks: deciduous crowns made of 1-3 ellipsoid lobes, conifers as cones; hedges, shrubs,
+* trees without trunks: deciduous crowns made of 1-3 ellipsoid lobes (half of them broad domes, wider than
+  deep), conifers as cones, foliage from see-through to opaque; forest stands open or closed (half of them:
+  overlapping dense crowns whose tops hide the ground from a single-return sensor, some only 4-10 m tall:
+  regrowth, coppice, maquis); hedges, shrubs,
   orchards (small trees in rows), an understory layer in forests, tall grass and crop fields (a porous layer
   over the ground; crops sown in rows with bare soil between until they close, from 3 cm stubble to maize);
 * cars on the roads (driving or parked), a water body (river or pond) with a flat surface, a road bridge
@@ -829,14 +832,15 @@ class _Scene:
 
     # -- vegetation -----------------------------------------------------------------------------------------
 
-    def _deciduous(self, x, y, height, r_max=8.0):
-        """Crown of 1-3 ellipsoid lobes; foliage is dense in an outer shell and sparse inside."""
+    def _deciduous(self, x, y, height, r_max=8.0, dense=1.0):
+        """Crown of 1-3 ellipsoid lobes; foliage is dense in an outer shell and sparse inside. dense scales the
+        foliage's extinction (closed stands)."""
         rng, U = self.rng, self.U
         z0 = float(self.zg(x, y))
         cd = height * U(0.45, 0.75)
         base = height - cd
         r = float(np.clip(cd * U(0.45, 0.8), 1.2, r_max))
-        mu = U(0.5, 1.2) * (0.3 if self.leaf_off else 1.0)
+        mu = U(0.5, 1.2) * (0.3 if self.leaf_off else dense)
         mu_in = mu * U(0.05, 0.25)
         shell = U(1.0, 2.0)
         refl = U(0.35, 0.55)
@@ -846,6 +850,10 @@ class _Scene:
             f = U(0.55, 0.8)
             lobes.append((x + off * math.cos(ang), y + off * math.sin(ang), z0 + base + cd / 2 + U(-0.2, 0.1) * cd,
                           r * f, r * f * U(0.85, 1.15), cd / 2 * f))
+        # half the crowns are broad domes, wider than deep (tops kept): merged into a stand or a clump they give a
+        # single-return sensor a smooth envelope at roof height, as real leaf-on broadleaves do (extra stream)
+        flat = self.rx.uniform(0.4, 0.8) if self.rx.random() < 0.5 else 1.0
+        lobes = [(lx, ly, lz + c * (1.0 - flat), a, b, c * flat) for lx, ly, lz, a, b, c in lobes]
         for lx, ly, lz, a, b, c in lobes:
             yaw = U(0, math.pi)
             m = mu * U(0.85, 1.15)
@@ -853,12 +861,12 @@ class _Scene:
             if min(a, b, c) > shell + 0.3:  # sparser interior: adds (mu_in - m) inside the shell
                 self.crowns.append((0, lx, ly, lz, a - shell, b - shell, c - shell, yaw, mu_in - m, refl))
 
-    def _conifer(self, x, y, height, r_max=5.0):
+    def _conifer(self, x, y, height, r_max=5.0, dense=1.0):
         U = self.U
         z0 = float(self.zg(x, y))
         hc = height * U(0.6, 0.85)
         R = min(hc * U(0.18, 0.3), r_max)
-        mu = U(0.6, 1.4)
+        mu = U(0.6, 1.4) * dense
         self.crowns.append((1, x, y, z0 + height, R, R, hc, 0.0, mu, U(0.25, 0.4)))
         shell = U(0.8, 1.5)
         drop = shell * math.hypot(R, hc) / R  # apex offset giving a shell `shell` thick
@@ -866,11 +874,11 @@ class _Scene:
             Ri = R * (hc - drop) / hc
             self.crowns.append((1, x, y, z0 + height - drop, Ri, Ri, hc - drop, 0.0, mu * U(0.1, 0.3) - mu, U(0.25, 0.4)))
 
-    def _tree(self, x, y, height, conifer_p, r_max=None):
+    def _tree(self, x, y, height, conifer_p, r_max=None, dense=1.0):
         if self.rng.random() < conifer_p:
-            self._conifer(x, y, height, 5.0 if r_max is None else r_max)
+            self._conifer(x, y, height, 5.0 if r_max is None else r_max, dense)
         else:
-            self._deciduous(x, y, height, 8.0 if r_max is None else r_max)
+            self._deciduous(x, y, height, 8.0 if r_max is None else r_max, dense)
 
     def _free(self, x, y, mask=None):
         mask = self.notree if mask is None else mask
@@ -901,17 +909,37 @@ class _Scene:
             conifer_p = float(rng.choice((0.0, U(0, 1), 1.0), p=(0.4, 0.3, 0.3)))
             hmean = U(10.0, 32.0)
             sp = hmean * U(0.25, 0.45)
+            # A closed stand: crowns overlap and are dense, so that first returns rarely reach the ground (real
+            # closed forests under a single-return sensor: no ground return in most 10 m cells, against a third
+            # of the returns in the open stands). Some are low (regrowth, coppice, maquis: a canopy 4-10 m up,
+            # at roof height). Their draws come from the extra stream: open stands are unchanged.
+            closed = self.rx.random() < 0.5
+            lowest = 5.0
+            if closed:
+                self.rng, saved = self.rx, self.rng
+                rng, U = self.rng, self.U
+                if U(0, 1) < 0.4:
+                    hmean, lowest = U(4.0, 10.0), 2.5
+                sp, reach, dense = max(hmean * U(0.16, 0.28), 1.5), U(0.6, 1.1), U(2.0, 5.0)
             xs = np.arange(cx - rx, cx + rx, sp)
             ys = np.arange(cy - ry, cy + ry, sp)
             TX, TY = np.meshgrid(xs, ys)
             TX = TX.ravel() + rng.uniform(-0.4, 0.4, TX.size) * sp
             TY = TY.ravel() + rng.uniform(-0.4, 0.4, TY.size) * sp
-            keep = (((TX - cx) / rx) ** 2 + ((TY - cy) / ry) ** 2 <= 1) & (rng.random(TX.size) < 0.85)
+            planted = rng.random(TX.size) < (0.95 if closed else 0.85)
+            keep = (((TX - cx) / rx) ** 2 + ((TY - cy) / ry) ** 2 <= 1) & planted
             keep &= (TX > -_MARGIN + 2) & (TX < S + _MARGIN - 2) & (TY > -_MARGIN + 2) & (TY < S + _MARGIN - 2)
             keep &= self._free(TX, TY)
-            hs = np.clip(rng.normal(hmean, 2.5 + 0.1 * hmean, TX.size), 5.0, 45.0)  # uneven canopies
+            spread = (2.5 + 0.1 * hmean if lowest > 2.5 else 0.2 * hmean) * (U(0.3, 1.0) if closed else 1.0)
+            hs = np.clip(rng.normal(hmean, spread, TX.size), lowest, 45.0)  # uneven canopies
             for x, y, h in zip(TX[keep], TY[keep], hs[keep]):
-                self._tree(float(x), float(y), float(h), conifer_p, r_max=0.5 * sp * U(0.9, 1.3))
+                if closed:
+                    self._tree(float(x), float(y), float(h), conifer_p, r_max=reach * sp * U(0.9, 1.2), dense=dense)
+                else:
+                    self._tree(float(x), float(y), float(h), conifer_p, r_max=0.5 * sp * U(0.9, 1.3))
+            if closed:
+                self.rng = saved
+                rng, U = self.rng, self.U
             # understory
             inside = ((X - cx) / rx) ** 2 + ((Y - cy) / ry) ** 2 <= 1
             patch = np.clip(_noise(rng, g, U(4, 12)) + U(0.0, 0.4), 0.0, 1.0)
@@ -927,8 +955,10 @@ class _Scene:
         n = int(round(rng.integers(lo, hi + 1) * af))
         xs, ys = rng.uniform(-5, S + 5, 3 * n + 1), rng.uniform(-5, S + 5, 3 * n + 1)
         ok = self._free(xs, ys)
+        # leaf-on crowns of free-standing trees vary from see-through to opaque (extra stream: same trees)
         for x, y in list(zip(xs[ok], ys[ok]))[:n]:
-            self._tree(float(x), float(y), U(4.0, 18.0) if rng.random() < 0.6 else U(15.0, 40.0), 0.25)
+            self._tree(float(x), float(y), U(4.0, 18.0) if rng.random() < 0.6 else U(15.0, 40.0), 0.25,
+                       dense=self.rx.uniform(1.0, 4.0))
         # big old trees beside houses: their crowns spread over the roofs (suburbs under tall canopy)
         if sc in ("suburban", "urban") and len(oy):
             m = int(rng.integers(0, {"suburban": 6, "urban": 3}[sc] + 1))
@@ -938,7 +968,8 @@ class _Scene:
             tx, ty = oax[ox[pick]] + off * np.cos(ang), oax[oy[pick]] + off * np.sin(ang)
             ok = ~self.dem.nearest(near_bld, tx, ty) & (np.abs(tx - S / 2) < S / 2 + 5) & (np.abs(ty - S / 2) < S / 2 + 5)
             for x, y in list(zip(tx[ok], ty[ok]))[:m]:
-                self._deciduous(float(x), float(y), U(12.0, 35.0), r_max=U(6.0, 11.0))
+                self._deciduous(float(x), float(y), U(12.0, 35.0), r_max=U(6.0, 11.0),
+                                dense=self.rx.uniform(1.5, 4.0))
         # street trees
         if sc in ("urban", "suburban"):
             for r in self.roads:
@@ -953,7 +984,7 @@ class _Scene:
                             if not (-10 < tx < S + 10 and -10 < ty < S + 10):
                                 continue
                             if self._free(np.array([tx]), np.array([ty]), near_bld | (self.kind == _WATERK))[0]:
-                                self._deciduous(tx, ty, h * U(0.85, 1.15))
+                                self._deciduous(tx, ty, h * U(0.85, 1.15), dense=self.rx.uniform(1.0, 3.0))
         # tree rows in the countryside
         if sc == "rural" and rng.random() < 0.6:
             x0, y0, a = U(0, S), U(0, S), U(0, math.pi)
