@@ -14,7 +14,7 @@ Scene (per tile, drawn from one of four settings: ``rural``, ``suburban``, ``urb
 * trees without trunks: deciduous crowns made of 1-3 ellipsoid lobes (half of them broad domes, wider than
   deep), conifers as cones, foliage from see-through to opaque; forest stands open or closed (half of them:
   overlapping dense crowns whose tops hide the ground from a single-return sensor, some only 4-10 m tall:
-  regrowth, coppice, maquis); hedges, shrubs,
+  regrowth, coppice, maquis); clumps of broadleaves merged into one dense dome 5-20 m up; hedges, shrubs,
   orchards (small trees in rows), an understory layer in forests, tall grass and crop fields (a porous layer
   over the ground; crops sown in rows with bare soil between until they close, from 3 cm stubble to maize);
 * cars on the roads (driving or parked), a water body (river or pond) with a flat surface, a road bridge
@@ -959,6 +959,24 @@ class _Scene:
         for x, y in list(zip(xs[ok], ys[ok]))[:n]:
             self._tree(float(x), float(y), U(4.0, 18.0) if rng.random() < 0.6 else U(15.0, 40.0), 0.25,
                        dense=self.rx.uniform(1.0, 4.0))
+        # clumps: a group of broadleaves whose dense crowns merge into one smooth dome, 5-20 m up and 8-24 m across
+        # (to a single-return sensor a curved roof). A stream of their own, spawned without drawing from rx: the
+        # rest of the tile is unchanged.
+        if not self.leaf_off:
+            rx = np.random.default_rng(self.rx.bit_generator.seed_seq.spawn(1)[0])
+            k = int(rx.integers(0, {"urban": 2, "suburban": 4, "rural": 4, "forest": 3}[sc] + 1))
+            xs, ys = rx.uniform(0, S, 4 * k + 1), rx.uniform(0, S, 4 * k + 1)
+            for x, y in list(zip(xs[self._free(xs, ys)], ys[self._free(xs, ys)]))[:k]:
+                top = float(self.zg(x, y)) + rx.uniform(5.0, 20.0)
+                a, b, mu, refl = rx.uniform(4.0, 12.0), rx.uniform(4.0, 10.0), rx.uniform(2.0, 5.0), rx.uniform(0.35, 0.55)
+                yaw = rx.uniform(0, math.pi)
+                for j in range(int(rx.integers(1, 5))):  # the main dome and lower lobes on its sides
+                    f = 1.0 if j == 0 else rx.uniform(0.45, 0.8)
+                    ang, off = rx.uniform(0, 2 * math.pi), 0.0 if j == 0 else rx.uniform(0.3, 0.7) * a
+                    c = rx.uniform(0.25, 0.45) * (top - float(self.zg(x, y))) * f
+                    self.crowns.append((0, x + off * math.cos(ang), y + off * math.sin(ang),
+                                        top - (0.0 if j == 0 else rx.uniform(0.3, 2.0)) - c, a * f, b * f, c,
+                                        yaw, mu, refl))
         # big old trees beside houses: their crowns spread over the roofs (suburbs under tall canopy)
         if sc in ("suburban", "urban") and len(oy):
             m = int(rng.integers(0, {"suburban": 6, "urban": 3}[sc] + 1))
