@@ -834,7 +834,7 @@ class _Scene:
 
     def _deciduous(self, x, y, height, r_max=8.0, dense=1.0):
         """Crown of 1-3 ellipsoid lobes; foliage is dense in an outer shell and sparse inside. dense scales the
-        foliage's extinction (closed stands)."""
+        foliage's extinction (opaque crowns, closed stands)."""
         rng, U = self.rng, self.U
         z0 = float(self.zg(x, y))
         cd = height * U(0.45, 0.75)
@@ -966,14 +966,17 @@ class _Scene:
             rx = np.random.default_rng(self.rx.bit_generator.seed_seq.spawn(1)[0])
             k = int(rx.integers(0, {"urban": 2, "suburban": 4, "rural": 4, "forest": 3}[sc] + 1))
             xs, ys = rx.uniform(0, S, 4 * k + 1), rx.uniform(0, S, 4 * k + 1)
-            for x, y in list(zip(xs[self._free(xs, ys)], ys[self._free(xs, ys)]))[:k]:
-                top = float(self.zg(x, y)) + rx.uniform(5.0, 20.0)
-                a, b, mu, refl = rx.uniform(4.0, 12.0), rx.uniform(4.0, 10.0), rx.uniform(2.0, 5.0), rx.uniform(0.35, 0.55)
+            ok = self._free(xs, ys)
+            for x, y in list(zip(xs[ok], ys[ok]))[:k]:
+                z0 = float(self.zg(x, y))
+                top = z0 + rx.uniform(5.0, 20.0)
+                a, b = rx.uniform(4.0, 12.0), rx.uniform(4.0, 10.0)
+                mu, refl = rx.uniform(2.0, 5.0), rx.uniform(0.35, 0.55)
                 yaw = rx.uniform(0, math.pi)
                 for j in range(int(rx.integers(1, 5))):  # the main dome and lower lobes on its sides
                     f = 1.0 if j == 0 else rx.uniform(0.45, 0.8)
                     ang, off = rx.uniform(0, 2 * math.pi), 0.0 if j == 0 else rx.uniform(0.3, 0.7) * a
-                    c = rx.uniform(0.25, 0.45) * (top - float(self.zg(x, y))) * f
+                    c = rx.uniform(0.25, 0.45) * (top - z0) * f
                     self.crowns.append((0, x + off * math.cos(ang), y + off * math.sin(ang),
                                         top - (0.0 if j == 0 else rx.uniform(0.3, 2.0)) - c, a * f, b * f, c,
                                         yaw, mu, refl))
