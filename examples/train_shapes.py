@@ -68,14 +68,9 @@ def save_curves(history, path):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    with atomic_output(path) as tmp:  # no half-written outputs
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-
-
-def _atomic(path, write):
-    """Write through a temporary file in the same folder, then rename: no half-written outputs."""
-    with atomic_output(path) as tmp:
-        write(tmp)
 
 
 def main(argv=None):
@@ -138,7 +133,8 @@ def main(argv=None):
     for name, row in zip(CLASS_NAMES, confusion.tolist()):
         print(f"{name:>{width}} " + " ".join(f"{v:6d}" for v in row))
     save_curves(history, os.path.join(args.out, "curves.png"))
-    _atomic(os.path.join(args.out, "model.pt"), lambda tmp: torch.save(model.state_dict(), tmp))
+    with atomic_output(os.path.join(args.out, "model.pt")) as tmp:
+        torch.save(model.state_dict(), tmp)
     print(f"saved {args.out}/curves.png and {args.out}/model.pt")
     return np.float64(acc)
 

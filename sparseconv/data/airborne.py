@@ -963,22 +963,22 @@ class _Scene:
         # (to a single-return sensor a curved roof). A stream of their own, spawned without drawing from rx: the
         # rest of the tile is unchanged.
         if not self.leaf_off:
-            rx = np.random.default_rng(self.rx.bit_generator.seed_seq.spawn(1)[0])
-            k = int(rx.integers(0, {"urban": 2, "suburban": 4, "rural": 4, "forest": 3}[sc] + 1))
-            xs, ys = rx.uniform(0, S, 4 * k + 1), rx.uniform(0, S, 4 * k + 1)
+            rc = np.random.default_rng(self.rx.bit_generator.seed_seq.spawn(1)[0])
+            k = int(rc.integers(0, {"urban": 2, "suburban": 4, "rural": 4, "forest": 3}[sc] + 1))
+            xs, ys = rc.uniform(0, S, 4 * k + 1), rc.uniform(0, S, 4 * k + 1)
             ok = self._free(xs, ys)
             for x, y in list(zip(xs[ok], ys[ok]))[:k]:
                 z0 = float(self.zg(x, y))
-                top = z0 + rx.uniform(5.0, 20.0)
-                a, b = rx.uniform(4.0, 12.0), rx.uniform(4.0, 10.0)
-                mu, refl = rx.uniform(2.0, 5.0), rx.uniform(0.35, 0.55)
-                yaw = rx.uniform(0, math.pi)
-                for j in range(int(rx.integers(1, 5))):  # the main dome and lower lobes on its sides
-                    f = 1.0 if j == 0 else rx.uniform(0.45, 0.8)
-                    ang, off = rx.uniform(0, 2 * math.pi), 0.0 if j == 0 else rx.uniform(0.3, 0.7) * a
-                    c = rx.uniform(0.25, 0.45) * (top - z0) * f
+                top = z0 + rc.uniform(5.0, 20.0)
+                a, b = rc.uniform(4.0, 12.0), rc.uniform(4.0, 10.0)
+                mu, refl = rc.uniform(2.0, 5.0), rc.uniform(0.35, 0.55)
+                yaw = rc.uniform(0, math.pi)
+                for j in range(int(rc.integers(1, 5))):  # the main dome and lower lobes on its sides
+                    f = 1.0 if j == 0 else rc.uniform(0.45, 0.8)
+                    ang, off = rc.uniform(0, 2 * math.pi), 0.0 if j == 0 else rc.uniform(0.3, 0.7) * a
+                    c = rc.uniform(0.25, 0.45) * (top - z0) * f
                     self.crowns.append((0, x + off * math.cos(ang), y + off * math.sin(ang),
-                                        top - (0.0 if j == 0 else rx.uniform(0.3, 2.0)) - c, a * f, b * f, c,
+                                        top - (0.0 if j == 0 else rc.uniform(0.3, 2.0)) - c, a * f, b * f, c,
                                         yaw, mu, refl))
         # big old trees beside houses: their crowns spread over the roofs (suburbs under tall canopy)
         if sc in ("suburban", "urban") and len(oy):
