@@ -94,26 +94,30 @@ def main():
     ap.add_argument("--model", action="append", help="checkpoint (repeatable; default: the shipped model)")
     ap.add_argument("--tiles", type=int, default=6, help="tiles per condition")
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
+    ap.add_argument("--roof-check", choices=("on", "off", "both"), default="on",
+                    help="classify's roof check (rough building patches become vegetation); both: each model twice")
     args = ap.parse_args()
     models = args.model or [None]
-    loaded = [(m or "shipped", *load_checkpoint(m)[:2]) for m in models]
+    checks = {"on": [True], "off": [False], "both": [False, True]}[args.roof_check]
+    loaded = [(os.path.basename(m or "shipped") + ("" if check else " (no roof check)"), check, *load_checkpoint(m)[:2])
+              for m in models for check in checks]
     print("| model | condition | points | OA | mIoU(ground, veg, building) | ground/non-ground OA | false water | "
           "low crops called ground | vegetation called building |")
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for cond in args.conditions.split(","):
             tiles = make(tmp, cond, args.tiles)
-            for name, model, config in loaded:
+            for name, check, model, config in loaded:
                 refs, preds, lows = [], [], []
                 for path, ref, low in tiles:
                     out = path[:-4] + "_pred.laz"
-                    classify_file(path, out, model, config, overwrite=True, progress=False)
+                    classify_file(path, out, model, config, overwrite=True, progress=False, roof_check=check)
                     preds.append(np.asarray(laspy.read(out).classification, np.int64))
                     refs.append(ref)
                     lows.append(low)
                 ref, pred = np.concatenate(refs), np.concatenate(preds)
                 oa, miou, gnd, water, crop_g, veg_b, _ = score(ref, pred, np.concatenate(lows))
-                print(f"| {os.path.basename(name)} | {cond} | {ref.size:,} | {oa:.3f} | {miou:.3f} | {gnd:.3f} | "
+                print(f"| {name} | {cond} | {ref.size:,} | {oa:.3f} | {miou:.3f} | {gnd:.3f} | "
                       f"{water:.4f} | {crop_g:.3f} | {veg_b:.3f} |", flush=True)
             print(f"{cond}: done", file=sys.stderr, flush=True)
 

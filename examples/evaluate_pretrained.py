@@ -165,6 +165,8 @@ def main():
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results", "pretrained"))
     ap.add_argument("--single-return", action="store_true",
                     help="also score each multi-return file's first returns, marked 1 of 1")
+    ap.add_argument("--no-roof-check", dest="roof_check", action="store_false",
+                    help="the network's labels as they are (classify's roof check off)")
     args = ap.parse_args()
     files = args.files or sorted(glob.glob(os.path.join(ROOT, "..", "shared", "data", "las", "*.la[sz]")))
     if not files:
@@ -178,10 +180,10 @@ def main():
             single = os.path.join(copies, os.path.splitext(os.path.basename(path))[0] + "-single-return.laz")
             if args.single_return and single_return_copy(path, single):
                 sources.append(single)
-        evaluate(sources, model, config, args.out_dir)
+        evaluate(sources, model, config, args.out_dir, args.roof_check)
 
 
-def evaluate(files, model, config, out_dir):
+def evaluate(files, model, config, out_dir, roof_check=True):
     ground_rows, class_rows, panels = [], [], []
     for path in files:
         name = os.path.basename(path)
@@ -189,7 +191,7 @@ def evaluate(files, model, config, out_dir):
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, name)
             t0 = time.perf_counter()
-            classify_file(path, out, model, config, progress=False)
+            classify_file(path, out, model, config, progress=False, roof_check=roof_check)
             t_model = time.perf_counter() - t0
             _, pred = read(out)
         density = local_density(xyz[:, 0], xyz[:, 1])

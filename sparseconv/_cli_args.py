@@ -96,6 +96,9 @@ def build_parser(handlers=None, parser_class=argparse.ArgumentParser):
     p.add_argument("--keep-classes", type=class_list, default=(12,), metavar="CODES",
                    help="input codes kept as they are, e.g. 12 (default: 12, overlap points, a flight-line "
                         "designation the model cannot see) or 7,12,18; 'none' relabels every point")
+    p.add_argument("--no-roof-check", dest="roof_check", action="store_false",
+                   help="keep the network's building labels where the surface is too rough for a roof (by default "
+                        "such patches become vegetation)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--png", action="store_true", help="also write a top-down PNG coloured by class")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

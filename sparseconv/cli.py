@@ -153,7 +153,8 @@ def _classify(args, early):
     results = classify_files([(p, classify_output(args, p, to_folder)) for p in mine], model, config,
                              overwrite=args.overwrite, device=device, progress=not args.quiet and world == 1,
                              tile_size=args.tile_size, threads=args.threads, batch_points=args.batch_points,
-                             first=early, keep_classes=args.keep_classes)
+                             first=early, keep_classes=args.keep_classes,
+                             roof_check=args.roof_check)
     for path, dst, r in results:
         dt = r["seconds"]["total"]
         done += r["points"]

@@ -156,11 +156,15 @@ class _Part:
     def _commit(self, windows, prob):
         self.score.index_add_(0, torch.from_numpy(np.concatenate(windows)), prob)
 
-    def finish(self, labels, codes):
+    def finish(self, labels, codes, roof_check=True):
         """Waits for the batches, writes the labels of the part's own points; returns their codes."""
         for f in self.futures:
             f.result()
-        out = decide(self.score[torch.from_numpy(self.own)], codes)
+        if roof_check:  # patches need their context: decided over the margin too, then the own points kept
+            xyz = (self.pts["x"], self.pts["y"], self.pts["z"])
+            out = decide(self.score, codes, xyz=xyz)[self.own]
+        else:
+            out = decide(self.score[torch.from_numpy(self.own)], codes)
         out[self.low[self.own]] = LOW_POINT
         labels[self.rows[self.own]] = out
         return out
@@ -310,7 +314,7 @@ class _File:
         bar = _bar(self.n, "classify", o["progress"])
 
         def finish(part):
-            out = part.finish(labels, codes)
+            out = part.finish(labels, codes, o["roof_check"])
             counts[:] += np.bincount(out, minlength=256)
             if bar:
                 bar.update(out.size)
@@ -387,7 +391,7 @@ class _File:
 
 def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_points=BATCH_POINTS,
                    block_points=2_000_000, chunk_size=1_000_000, progress=True, tmp_dir=None, tile_size=128.0,
-                   threads=None, first=None, keep_classes=(12,)):
+                   threads=None, first=None, keep_classes=(12,), roof_check=True):
     """Classifies each (src, dst) of jobs (LAS or LAZ by dst's extension; PLY/PCD/XYZ/PTS inputs through Open3D);
     yields (src, dst, result) in order as each output is complete. result: points, seconds per phase, class
     histogram written, parts (how many pieces ran through pass 2: one per block unless points cluster).
@@ -400,6 +404,7 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
     keep_classes: input codes written back unchanged (the network still sees those points as context): by
     default 12, overlap points (LAS formats 0-5), a flight-line designation no point's surroundings reveal; ()
     relabels every point.
+    roof_check: building patches too rough for a roof become vegetation (roofs.py); False: the network's labels.
     first: a raw.EarlyDecode of jobs[0] already decoding (`sparseconv classify` starts it before importing torch),
     used with 2+ threads when it is that file's, with the same chunk_size and temporary folder; else ended here.
     A failing file raises after the outputs of the files before it are complete."""
@@ -415,7 +420,7 @@ def classify_files(jobs, model, config, overwrite=False, device="cpu", batch_poi
         first = None
     opts = {"overwrite": overwrite, "batch_points": batch_points, "block_points": block_points,
             "chunk_size": chunk_size, "progress": progress, "tmp_dir": tmp_dir, "tile_size": tile_size,
-            "threads": threads, "keep": keep.astype(np.uint8)}
+            "threads": threads, "keep": keep.astype(np.uint8), "roof_check": bool(roof_check)}
     model = model.to(device).eval()
     _share_arenas()
     runner = OrderedRunner(*workers_for(threads, device))

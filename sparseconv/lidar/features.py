@@ -245,6 +245,14 @@ def _sym3_eigen(a00, a01, a02, a11, a12, a22):
     return np.maximum(l1, 0.0), np.maximum(l2, 0.0), np.maximum(l3, 0.0), nz
 
 
+def cell_moments(c, cell, n):
+    """[10, n] float64 moments of the points of each cell (see _eigen_table): c the x, y, z arrays from a corner,
+    cell [P] the cell id of each point in 0..n-1."""
+    return np.stack([np.bincount(cell, w, n) if w is not None else np.bincount(cell, minlength=n)
+                     for w in (None, c[0], c[1], c[2], c[0] * c[0], c[0] * c[1], c[0] * c[2], c[1] * c[1],
+                               c[1] * c[2], c[2] * c[2])]).astype(np.float64)
+
+
 def _eigen_table(m):
     """[C, 5] float32 (lin, pla, sca, ver, rough) from per-cell moments m [10, C]: n, sums of x, y, z, and of
     xx, xy, xz, yy, yz, zz (coordinates from the block's corner: float64 keeps centimetres of variance)."""
@@ -281,9 +289,7 @@ def shape_features(pts, names):
     k = [(a / fine).astype(np.int64) for a in c]
     span = [int(a.max()) + 1 for a in k]
     cell, nc, keys = _compact((k[0] * span[1] + k[1]) * span[2] + k[2])
-    moments = np.stack([np.bincount(cell, w, nc) if w is not None else np.bincount(cell, minlength=nc)
-                        for w in (None, c[0], c[1], c[2], c[0] * c[0], c[0] * c[1], c[0] * c[2], c[1] * c[1],
-                                  c[1] * c[2], c[2] * c[2])]).astype(np.float64)
+    moments = cell_moments(c, cell, nc)
     z32 = np.ascontiguousarray(c[2], np.float32)
     ztop, zlow = _reduce(cell, nc, z32, "amax").numpy(), _reduce(cell, nc, z32, "amin").numpy()
     kz = keys % span[2]
