@@ -96,6 +96,21 @@ def test_a_crown_is_rough_and_a_gabled_roof_with_its_ridge_is_not():
     assert np.median(r[n_roof:][np.isfinite(r[n_roof:])]) > ROUGH_MAX
 
 
+def test_a_roof_joined_by_a_larger_crown_keeps_its_smooth_part():
+    rng = np.random.default_rng(3)
+    roof = _gabled(rng, 0.0, 0.0, 10.0)
+    crown = _crown(rng, 15.0, 6.0, 10.0, r=9.0, h=6.0, base=5.0)
+    under = (roof[0] - 15.0) ** 2 + (roof[1] - 6.0) ** 2 < 81.0  # hidden under the crown from above
+    roof = tuple(a[~under] for a in roof)
+    x, y, z = (np.concatenate([a, b]) for a, b in zip(roof, crown))
+    n_roof = roof[0].size
+    ids, _ = patches(x, y, z)
+    assert np.bincount(ids).max() > 0.9 * x.size  # one patch: the crown reaches down to the eave
+    bad = rough_patches(x, y, z)
+    assert bad[n_roof:].mean() > 0.9
+    assert bad[:n_roof].mean() < 0.1
+
+
 def test_too_sparse_to_judge_keeps_the_label():
     (x, y, z), _ = _scene(density=0.4)
     assert np.isinf(cell_roughness(x, y, z)).mean() > 0.9
@@ -158,3 +173,22 @@ def test_classify_checks_roofs_unless_asked_not_to(tmp_path):
         out = tmp_path / f"cli{len(flag)}.laz"
         assert main(["classify", str(src), "-o", str(out), "--model", str(path), "--quiet", *flag]) == 0
         assert np.array_equal(np.asarray(laspy.read(out).classification), want)
+
+
+def test_the_calibration_benchmark_runs(tmp_path):
+    """benchmarks/roof_check.py --quick: its three tables and the PNG (it reproduces the README's figures)."""
+    pytest.importorskip("laspy")
+    pytest.importorskip("matplotlib")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "roof_check.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    md = (tmp_path / "roof_check.md").read_text()
+    for title in ("## Sweep", "## Stress", "## Added noise"):
+        assert title in md
+    assert "| 0.08 |" in md and "| none |" in md and "| 20 |" in md
+    assert (tmp_path / "roof_check.png").stat().st_size > 1000
