@@ -8,7 +8,10 @@ check, then the check's threshold swept, a stress test and added sensor noise.
   single-return suburban tile), with and without the rescue of smooth roof parts, per rescue area;
 * noise: Gaussian noise added to the heights of the building-called points.
 
-Usage (this VM: 39 tiles, about 6 min on 2 cores; --quick: 2 tiles per condition, 1 min):
+Tile i of every condition has seed SEED + i, so the multi and single tiles are the same scenes seen by a multi-
+and a single-return sensor (as in evaluate_generated): 30 distinct scenes, not 39.
+
+Usage (this VM, 2 cores: 39 tiles in 48-54 s; --quick: 2 tiles per condition, 8 s):
 
     .venv/bin/python benchmarks/roof_check.py [--quick] [--out benchmarks/results/roof_check]
 
@@ -29,12 +32,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
-from bench_conv import machine_facts  # noqa: E402
-from evaluate_generated import CONDITIONS  # noqa: E402
+from bench_conv import machine_facts
+from evaluate_generated import CONDITIONS
 
-from sparseconv.data.airborne import generate_tile, write_tile_las  # noqa: E402
-from sparseconv.io.atomic import atomic_output  # noqa: E402
-from sparseconv.lidar import classify_file, load_checkpoint, roofs  # noqa: E402
+from sparseconv.data.airborne import generate_tile, write_tile_las
+from sparseconv.io.atomic import atomic_output
+from sparseconv.lidar import classify_file, load_checkpoint, roofs
 
 SEED = 881_000  # apart from training's (32-bit seeds drawn from SeedSequence) and evaluate_generated's 990_000
 TILES = {"multi": 9, "single": 9, "suburb-single": 9, "forest-single": 9, "farm-single": 3}
@@ -107,9 +110,9 @@ def main():
     args = ap.parse_args()
     t0 = time.perf_counter()
     facts = machine_facts()
-    lines = [f"# Roof check calibration ({time.strftime('%Y-%m-%d')})", "",
-             f"Machine: {facts['cpu']}, {facts['cores']} cores; shipped model; threshold in use "
-             f"{roofs.ROUGH_MAX} m, rescue area {roofs.ROOF_MIN_AREA} m2.", ""]
+    head = (f"Machine: {facts['cpu']}, {facts['cores']} cores; shipped model; threshold in use "
+            f"{roofs.ROUGH_MAX} m, rescue area {roofs.ROOF_MIN_AREA} m2.")
+    lines = [f"# Roof check calibration ({time.strftime('%Y-%m-%d')})", "", head, ""]
     with tempfile.TemporaryDirectory() as tmp:
         print("generating the calibration tiles", flush=True)
         tiles = make_tiles(tmp, args.quick)

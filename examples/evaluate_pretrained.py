@@ -162,12 +162,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="*", help="labelled LAS/LAZ (default: ../shared/data/las/*.la[sz])")
     ap.add_argument("--model", help="checkpoint (default: the shipped pretrained model)")
-    ap.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results", "pretrained"))
+    ap.add_argument("--out-dir", help="default: benchmarks/results/pretrained (pretrained-no-roof-check with "
+                    "--no-roof-check)")
     ap.add_argument("--single-return", action="store_true",
                     help="also score each multi-return file's first returns, marked 1 of 1")
     ap.add_argument("--no-roof-check", dest="roof_check", action="store_false",
                     help="the network's labels as they are (classify's roof check off)")
     args = ap.parse_args()
+    args.out_dir = args.out_dir or os.path.join(ROOT, "benchmarks", "results",
+                                                "pretrained" if args.roof_check else "pretrained-no-roof-check")
     files = args.files or sorted(glob.glob(os.path.join(ROOT, "..", "shared", "data", "las", "*.la[sz]")))
     if not files:
         raise SystemExit("no labelled files: pass some, or put ../shared/data/las beside the project")

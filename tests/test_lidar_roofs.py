@@ -61,7 +61,7 @@ def test_patches_match_a_breadth_first_search():
 
 
 def test_a_long_winding_patch_is_one():
-    # a serpentine 1 m wide path 40 rows long: many rounds of hooking before every cell reaches the same root
+    # a serpentine 1 m wide path of 1,239 cells: every cell must end under one root
     rows = [np.stack([np.arange(30) + 0.5, np.full(30, 2.0 * r + 0.5)], 1) for r in range(40)]
     links = [np.array([[29.5 if r % 2 == 0 else 0.5, 2.0 * r + 1.5]]) for r in range(39)]
     xy = np.concatenate(rows + links)[::-1].copy()
@@ -111,12 +111,43 @@ def test_a_roof_joined_by_a_larger_crown_keeps_its_smooth_part():
     assert bad[:n_roof].mean() < 0.1
 
 
+def test_the_median_decides_a_mixed_patch():
+    # a smaller crown joined to a flat roof: most of the patch is planar, so none of it is relabelled (a
+    # rougher statistic than the median, e.g. a high percentile, would take the roof with the crown)
+    rng = np.random.default_rng(4)
+    n = 3000
+    roof = (rng.uniform(0, 20, n), rng.uniform(0, 15, n), 6.0 + rng.normal(0, 0.02, n))
+    crown = _crown(rng, 24.0, 7.5, 10.0, r=5.5, h=4.0, base=5.5)
+    x, y, z = (np.concatenate([a, b]) for a, b in zip(roof, crown))
+    assert np.bincount(patches(x, y, z)[0]).max() == x.size
+    assert 0.2 < crown[0].size / x.size < 0.35
+    assert not rough_patches(x, y, z).any()
+
+
+def test_a_noisy_roof_is_still_a_roof_and_a_small_crown_is_not():
+    rng = np.random.default_rng(5)
+    x, y, z = _gabled(rng, 0.0, 0.0, 10.0, noise=0.06)  # the noisiest sensor the check is meant for
+    assert not rough_patches(x, y, z).any()
+    x, y, z = _crown(rng, 0.0, 0.0, 10.0, r=2.5, h=2.0)  # about 200 points
+    assert rough_patches(x, y, z).all()
+
+
+def test_a_patch_with_too_few_judged_points_keeps_its_label():
+    rng = np.random.default_rng(6)
+    n = MIN_JUDGED - 1
+    x, y, z = rng.uniform(0.2, 1.8, n), rng.uniform(0.2, 1.8, n), rng.uniform(6.0, 7.5, n)  # one rough cell
+    assert np.isfinite(cell_roughness(x, y, z)).all() and np.median(cell_roughness(x, y, z)) > ROUGH_MAX
+    assert not rough_patches(x, y, z).any()
+    more = rng.uniform(0.2, 1.8, (2, 3))
+    x, y, z = np.concatenate([x, more[0]]), np.concatenate([y, more[1]]), np.concatenate([z, rng.uniform(6, 7.5, 3)])
+    assert rough_patches(x, y, z).all()  # MIN_JUDGED + 2 judged points: judged, and rough
+
+
 def test_too_sparse_to_judge_keeps_the_label():
     (x, y, z), _ = _scene(density=0.4)
     assert np.isinf(cell_roughness(x, y, z)).mean() > 0.9
     assert not rough_patches(x, y, z).any()
     assert rough_patches(x[:0], y[:0], z[:0]).size == 0
-    assert MIN_JUDGED > 0 and CELL == 2.0
 
 
 @pytest.mark.parametrize("veg_best", [3, 5])
@@ -185,7 +216,7 @@ def test_the_calibration_benchmark_runs(tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "roof_check.py"
     done = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     md = (tmp_path / "roof_check.md").read_text()
     for title in ("## Sweep", "## Stress", "## Added noise"):
