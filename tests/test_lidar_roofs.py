@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparseconv.lidar.decide import decide
-from sparseconv.lidar.roofs import CELL, MIN_JUDGED, ROUGH_MAX, cell_roughness, patches, rough_patches
+from sparseconv.lidar.roofs import MIN_JUDGED, ROUGH_MAX, cell_roughness, patches, rough_patches
 
 
 def _gabled(rng, x0, y0, density, noise=0.02, w=10.0, d=12.0, pitch=35.0, eave=6.0):

@@ -11,10 +11,10 @@ x, y and z, and a point keeps the smaller value. A patch (building points connec
 ROUGH_MAX was chosen on generated tiles only: 39 tiles of 100 m (seeds 881000-881008 of evaluate_generated's
 multi, single, suburban single-return and forest conditions, 881000-881002 of farmland; apart from training's
 and from evaluate_generated's; multi and single share their scenes), the shipped model's labels;
-benchmarks/roof_check.py reproduces the sweep, the stress test and the noise figures below. Share of the building points in building patches that the check relabels, and of the vegetation the
-model called building that it recovers: 0.80% and 84% at 0.06 m, 0.35% and 83% at 0.07 m, 0.09% and 81% at
-0.08 m, 0.09% and 76% at 0.09 m, 0.09% and 58% at 0.10 m. 0.08 m is the lowest value at which the loss of
-buildings levels off.
+benchmarks/roof_check.py reproduces the sweep, the stress test and the noise figures below. Share of the
+building points in building patches that the check relabels, and of the vegetation the model called building
+that it recovers: 0.80% and 84% at 0.06 m, 0.35% and 83% at 0.07 m, 0.09% and 81% at 0.08 m, 0.09% and 76% at
+0.09 m, 0.09% and 58% at 0.10 m. 0.08 m is the lowest value at which the loss of buildings levels off.
 
 Variants measured the same way (scratch scripts) and not kept:
 - patches connected in 2D (1 m columns): 76% at 0.08 m, because a crown over a roof joins its patch;
