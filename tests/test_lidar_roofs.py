@@ -207,7 +207,7 @@ def test_classify_checks_roofs_unless_asked_not_to(tmp_path):
 
 
 def test_the_calibration_benchmark_runs(tmp_path):
-    """benchmarks/roof_check.py --quick: its three tables and the PNG (it reproduces the README's figures)."""
+    """benchmarks/roof_check.py --quick: its four tables and the PNG (it reproduces the README's figures)."""
     pytest.importorskip("laspy")
     pytest.importorskip("matplotlib")
     import subprocess
@@ -219,7 +219,7 @@ def test_the_calibration_benchmark_runs(tmp_path):
                           text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     md = (tmp_path / "roof_check.md").read_text()
-    for title in ("## Sweep", "## Stress", "## Added noise"):
+    for title in ("## Sweep", "## Stress", "## Added noise", "## Held-out stress"):
         assert title in md
     assert "| 0.08 |" in md and "| none |" in md and "| 20 |" in md
     assert (tmp_path / "roof_check.png").stat().st_size > 1000
