@@ -36,10 +36,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
 from bench_conv import machine_facts
-from evaluate_generated import CONDITIONS, make
+from evaluate_generated import make
 from evaluate_generated import score as scores
 
-from sparseconv.data.airborne import generate_tile, write_tile_las
 from sparseconv.io.atomic import atomic_output
 from sparseconv.lidar import classify_file, load_checkpoint, roofs
 
@@ -53,19 +52,11 @@ VEG, BUILDING = (3, 4, 5), 6
 
 
 def make_tiles(folder, quick):
-    """[(condition, path)] of the calibration tiles, written as LAZ."""
+    """[(condition, path)] of the calibration tiles, written as LAZ (evaluate_generated's tiles, other seeds)."""
     out = []
     for cond, n in TILES.items():
-        spec = dict(CONDITIONS[cond])
-        lo, hi = spec.pop("density")
-        for i in range(min(n, 2) if quick else n):
-            rng = np.random.default_rng([SEED, i])
-            density = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-            tile = generate_tile(SEED + i, size_m=100.0, density=density, **spec)
-            path = os.path.join(folder, f"{cond}_{i}.laz")
-            write_tile_las(tile, path)
-            out.append((cond, path))
-            print(f"  {cond} {i}: {tile['x'].size:,} points", flush=True)
+        out += [(cond, path) for path, _, _ in make(folder, cond, min(n, 2) if quick else n, seed=SEED)]
+        print(f"  {cond}: {min(n, 2) if quick else n} tiles", flush=True)
     return out
 
 

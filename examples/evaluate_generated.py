@@ -42,15 +42,16 @@ CONDITIONS = {
 SEED = 990_000  # training tiles draw 32-bit seeds from SeedSequence((seed, i)): a clash is a 1-in-10^9 chance per tile
 
 
-def make(folder, condition, n):
+def make(folder, condition, n, seed=SEED):
+    """[(path, reference codes, low-crop mask)] of n tiles of the condition, tile i from seed + i."""
     spec = dict(CONDITIONS[condition])
     lo, hi = spec.pop("density")
     no_int = spec.pop("no_intensity", False)
     cut = spec.pop("cut", None)
     paths = []
     for i in range(n):
-        rng = np.random.default_rng([SEED, i])
-        tile = generate_tile(SEED + i, size_m=100.0, density=float(np.exp(rng.uniform(np.log(lo), np.log(hi)))),
+        rng = np.random.default_rng([seed, i])
+        tile = generate_tile(seed + i, size_m=100.0, density=float(np.exp(rng.uniform(np.log(lo), np.log(hi)))),
                              return_hag=True, **spec)
         if no_int:
             tile["intensity"] = np.zeros_like(tile["intensity"])
