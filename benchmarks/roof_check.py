@@ -52,33 +52,36 @@ VEG, BUILDING = (3, 4, 5), 6
 
 
 def make_tiles(folder, quick):
-    """[(condition, path)] of the calibration tiles, written as LAZ (evaluate_generated's tiles, other seeds)."""
+    """[(condition, path, reference codes)] of the calibration tiles, written as LAZ (evaluate_generated's tiles,
+    other seeds)."""
     out = []
     for cond, n in TILES.items():
-        out += [(cond, path) for path, _, _ in make(folder, cond, min(n, 2) if quick else n, seed=SEED)]
+        out += [(cond, path, ref) for path, ref, _ in make(folder, cond, min(n, 2) if quick else n, seed=SEED)]
         print(f"  {cond}: {min(n, 2) if quick else n} tiles", flush=True)
     return out
 
 
-def building_sets(tiles):
-    """Per tile: (condition, x, y, z, reference codes, model codes) of the points the model calls building, and
-    the same with every reference high-vegetation point called building (stress)."""
+def model_labels(path, model, config):
+    """([x, y, z] of a tile's points, the codes the model gives them without the roof check)."""
     import laspy
 
-    model, config, _ = load_checkpoint(None)
+    out = path[:-4] + "_pred.laz"
+    classify_file(path, out, model, config, overwrite=True, progress=False, roof_check=False)
+    src = laspy.read(path)
+    return [np.asarray(getattr(src, k), np.float64) for k in "xyz"], np.asarray(laspy.read(out).classification,
+                                                                                 np.int64)
+
+
+def building_sets(tiles, model, config):
+    """Per tile: (kind, condition, x, y, z, reference codes) of the points the model calls building (kind
+    "model") and, for the STRESSED conditions, of those with every high-vegetation point called building too
+    (kind "stress")."""
     sets = []
-    for cond, path in tiles:
-        out = path[:-4] + "_pred.laz"
-        classify_file(path, out, model, config, overwrite=True, progress=False, roof_check=False)
-        src = laspy.read(path)
-        ref = np.asarray(src.classification, np.int64)
-        pred = np.asarray(laspy.read(out).classification, np.int64)
-        xyz = [np.asarray(getattr(src, k), np.float64) for k in "xyz"]
-        stress = np.where(ref == 5, BUILDING, pred)
-        for kind, labels in (("model", pred), ("stress", stress)):
+    for cond, path, ref in tiles:
+        xyz, pred = model_labels(path, model, config)
+        kinds = [("model", pred)] + ([("stress", np.where(ref == 5, BUILDING, pred))] if cond in STRESSED else [])
+        for kind, labels in kinds:
             b = np.flatnonzero(labels == BUILDING)
-            if kind == "stress" and cond not in STRESSED:
-                continue
             sets.append((kind, cond, *(a[b] for a in xyz), ref[b]))
     return sets
 
@@ -98,21 +101,16 @@ def score(sets, kind, noise=0.0, seed=0, **kw):
     return lost / max(n_bld, 1), got / max(n_veg, 1)
 
 
-def held_out_stress(cond, n):
+def held_out_stress(cond, n, model, config):
     """((OA, mIoU) with every high-vegetation point called building, (OA, mIoU) after the roof check)."""
-    import laspy
-
-    model, config, _ = load_checkpoint(None)
     refs, before, after = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for path, ref, _ in make(tmp, cond, n):
-            out = path[:-4] + "_pred.laz"
-            classify_file(path, out, model, config, overwrite=True, progress=False, roof_check=False)
-            src = laspy.read(path)
-            pred = np.where(ref == 5, BUILDING, np.asarray(laspy.read(out).classification, np.int64))
+            xyz, pred = model_labels(path, model, config)
+            pred = np.where(ref == 5, BUILDING, pred)
             b = np.flatnonzero(pred == BUILDING)
             fixed = pred.copy()
-            fixed[b[roofs.rough_patches(*(np.asarray(getattr(src, k))[b] for k in "xyz"))]] = 5
+            fixed[b[roofs.rough_patches(*(a[b] for a in xyz))]] = 5
             refs.append(ref)
             before.append(pred)
             after.append(fixed)
@@ -134,7 +132,8 @@ def main():
         print("generating the calibration tiles", flush=True)
         tiles = make_tiles(tmp, args.quick)
         print("classifying (no roof check)", flush=True)
-        sets = building_sets(tiles)
+        model, config, _ = load_checkpoint(None)
+        sets = building_sets(tiles, model, config)
     lines += ["## Sweep (the model's own labels)", "",
               "| threshold (m) | buildings relabelled | vegetation recovered |", "|---|---|---|"]
     sweep = [(t, *score(sets, "model", rough_max=t)) for t in THRESHOLDS]
@@ -152,7 +151,7 @@ def main():
     lines += ["", "## Held-out stress: evaluate_generated's suburban tiles, every tree called building", "",
               "| condition | OA before / after | mIoU(ground, veg, building) before / after |", "|---|---|---|"]
     for cond in ("suburb-single", "suburb-60x40"):
-        before, after = held_out_stress(cond, 2 if args.quick else 6)
+        before, after = held_out_stress(cond, 2 if args.quick else 6, model, config)
         lines.append(f"| {cond} | {before[0]:.3f} / {after[0]:.3f} | {before[1]:.3f} / {after[1]:.3f} |")
     lines += ["", f"{len(tiles)} tiles, {time.perf_counter() - t0:.0f} s in all."]
     os.makedirs(args.out, exist_ok=True)

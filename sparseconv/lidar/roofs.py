@@ -120,10 +120,11 @@ def rough_patches(x, y, z, rough_max=ROUGH_MAX, min_area=ROOF_MIN_AREA):
     judged = np.isfinite(rough)
     n_judged = np.bincount(patch[judged], minlength=n)
     # median per patch: sort the judged points by (patch, roughness) and take each patch's middle one
-    order = np.lexsort((rough[judged], patch[judged]))
+    rj = rough[judged]
+    ranked = rj[np.lexsort((rj, patch[judged]))]
     start = np.concatenate([[0], np.cumsum(n_judged)[:-1]])
-    mid = np.minimum(start + n_judged // 2, max(order.size - 1, 0))
-    median = np.where(n_judged > 0, rough[judged][order][mid] if order.size else np.inf, np.inf)
+    mid = np.minimum(start + n_judged // 2, max(ranked.size - 1, 0))
+    median = np.where(n_judged > 0, ranked[mid] if ranked.size else np.inf, np.inf)
     bad = ((n_judged >= MIN_JUDGED) & (median > rough_max))[patch]
     # A roof that touches a larger crown called building shares its patch: its smooth part, if it spans a roof
     # facet's area, stays building.
